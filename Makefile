@@ -1,0 +1,50 @@
+# `make demo` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+SHARED ?= ../shared
+DEMO_OUT ?= runs/demo
+
+.PHONY: all setup sysdeps venv demo test bench clean
+
+all: test
+
+# Debian tools used by data_prep (psiblast for PSSMs, mmseqs for homology splits).
+sysdeps:
+	@if ! command -v psiblast >/dev/null || ! command -v mmseqs >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ncbi-blast+ mmseqs2 >/dev/null; \
+	  else \
+	    echo "psiblast/mmseqs missing: run 'sudo apt-get install ncbi-blast+ mmseqs2'" >&2; exit 1; \
+	  fi; \
+	fi
+
+# torch first (the CPU build on a CPU machine, the CUDA build where nvidia-smi works), then
+# DeepSpeed without build isolation so that its build sees that torch instead of pulling another.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q --no-build-isolation deepspeed
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+setup: sysdeps venv
+
+demo: setup
+	PY=$(PY) SHARED=$(SHARED) DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
