@@ -30,7 +30,9 @@ def build_tokenizer():
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token=UNK))
-    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\s"), ""), normalizers.Uppercase()])
+    # tokenizers has Lowercase but no Uppercase normalizer: upper-case letter by letter.
+    upper = [normalizers.Replace(c, c.upper()) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\s"), ""), *upper])
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.add_special_tokens(list(SPECIALS))
     return tok
