@@ -24,11 +24,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for all tests; loopback only, no dashboard."""
+    """One local Ray for all tests; loopback only, no dashboard.
+
+    address="local" so that a cluster started by `ray start` (the cluster tests) is never joined.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
