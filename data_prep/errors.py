@@ -1,0 +1,8 @@
+"""The error type for problems a user can cause (bad file, missing tool, bad option).
+
+The CLI catches it and prints its one-line message (naming the file/line/tool) with exit code 2.
+"""
+
+
+class DataPrepError(Exception):
+    """A user-facing failure; str(err) is the whole message, it names the file, line or tool."""

@@ -1,0 +1,139 @@
+"""Checkpoints (resume) and exports (consolidated weights for downstream stages).
+
+A checkpoint directory `<storage_path>/<name>/checkpoint_<step>/` holds
+  ds/...                DeepSpeed's own files (module, optimizer partitions per rank, scheduler),
+                        used only to resume with the same world size and ZeRO stage
+  train_state.json      step, data position (epoch, batch in epoch), world size, residues seen
+  model.safetensors     consolidated fp32 weights (gathered from ZeRO partitions when needed)
+  config.json           export config (kind, model, git commit, train ...), see docs/contracts.md
+  + the task's export files (tokenizer.json)
+so an export is a copy of the last three files: it never needs ZeRO shards or the world size.
+Under Ray, checkpoints go through `ray.train.report(checkpoint=...)`; in a plain process the
+engine writes the same layout itself. Either way `latest_checkpoint(run_dir)` finds the newest.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+EXPORT_FILES = ("model.safetensors", "config.json")
+STATE_FILE = "train_state.json"
+DS_DIR = "ds"
+DS_TAG = "state"
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint / export where one was expected (message names the path)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint_{step:08d}"
+
+
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of a DeepSpeed engine's module. Collective: call on every rank."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = engine.module if hasattr(engine, "module") else engine
+    full_by_id = {}
+    for _, p in module.named_parameters():
+        fp32 = safe_get_full_fp32_param(p)  # all-reduces the ZeRO 1/2 fp32 partitions
+        full_by_id[id(p)] = (fp32 if fp32 is not None else p.detach()).float().cpu()
+    out = {}
+    for key, value in module.state_dict(keep_vars=True).items():
+        tensor = full_by_id.get(id(value))
+        if tensor is None:
+            tensor = value.detach().cpu()
+            tensor = tensor.float() if tensor.is_floating_point() else tensor
+        out[key] = tensor.clone().contiguous()  # clone: tied weights must not share storage
+    return out
+
+
+def save_checkpoint(engine, directory: Path, *, state: dict, export_config: dict, task, rank: int) -> None:
+    """Write one checkpoint into `directory` (each rank its DeepSpeed part; rank 0 the rest)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    engine.save_checkpoint(str(directory / DS_DIR), tag=DS_TAG)
+    weights = consolidated_state_dict(engine)
+    if rank == 0:
+        save_file(weights, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(export_config, indent=2) + "\n")
+        task.write_export_files(directory)
+        (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def load_checkpoint(engine, directory: Path, *, world_size: int, zero_stage: int) -> dict:
+    """Restore model, optimizer and scheduler into `engine`; returns the saved train state."""
+    directory = Path(directory)
+    state_file = directory / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint (no {STATE_FILE})")
+    state = json.loads(state_file.read_text())
+    if state.get("world_size") != world_size or state.get("zero_stage") != zero_stage:
+        raise CheckpointError(
+            f"{directory}: written with {state.get('world_size')} workers and ZeRO {state.get('zero_stage')}; "
+            f"resuming needs the same (now {world_size} and {zero_stage}); start a new run name "
+            f"and initialise from its export instead")
+    path, _ = engine.load_checkpoint(str(directory / DS_DIR), tag=DS_TAG)
+    if path is None:
+        raise CheckpointError(f"{directory / DS_DIR}: DeepSpeed found no checkpoint to load")
+    return state
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """Newest complete checkpoint under a run directory (by step), or None."""
+    found = []
+    for d in Path(run_dir).glob("checkpoint_*"):
+        state = d / STATE_FILE
+        if state.is_file() and (d / "model.safetensors").is_file():
+            found.append((json.loads(state.read_text())["step"], d))
+    return max(found)[1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the `keep` newest checkpoints of a plain (non-Ray) run."""
+    dirs = sorted(Path(run_dir).glob("checkpoint_*"))
+    for d in dirs[:-keep] if keep > 0 else []:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory whose latest checkpoint is meant."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path}: no checkpoint found (expected {path}/checkpoint_*/{STATE_FILE})")
+    return latest
+
+
+def export(run_or_checkpoint: str | Path, out: str | Path) -> Path:
+    """Copy consolidated weights, config.json and the task's files of the latest checkpoint to `out`."""
+    src = resolve_checkpoint(run_or_checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != STATE_FILE:
+            shutil.copy2(f, out / f.name)
+    for name in EXPORT_FILES:
+        if not (out / name).is_file():
+            raise CheckpointError(f"{src}: checkpoint lacks {name}")
+    return out
+
+
+def load_export(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, fp32 state dict) of an export; safetensors only, no pickle."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in EXPORT_FILES:
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: not an exported model (missing {name})")
+    config = json.loads((directory / "config.json").read_text())
+    return config, load_file(str(directory / "model.safetensors"))

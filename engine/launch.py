@@ -1,0 +1,75 @@
+"""Ray Train launcher around `engine.loop.train_worker`.
+
+Joins a running cluster when RAY_ADDRESS is set (e.g. under `ray job submit`), else starts a local
+Ray on 127.0.0.1 without dashboard. One TorchTrainer run per call:
+ScalingConfig(num_workers, use_gpu), RunConfig(storage_path, name, FailureConfig(max_failures)).
+Starting the same (storage_path, name) again resumes from its latest checkpoint: Ray Train keeps
+a snapshot of reported checkpoints in the run folder and hands the newest to `get_checkpoint()`;
+a worker failure during the run restarts all workers from it (up to `max_failures` times).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import ExperimentConfig
+
+
+class LaunchError(RuntimeError):
+    """Training failed under Ray; the message carries the worker's error in one line."""
+
+
+def ensure_ray(num_cpus: int) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=False)
+
+
+def _worker_entry(config: dict) -> None:
+    from .loop import train_worker
+
+    train_worker(config["task_cls"], config["cfg"], under_ray=True)
+
+
+def launch(task_cls, cfg: ExperimentConfig) -> dict:
+    """Train under Ray Train; returns rank 0's last reported metrics plus the checkpoint path."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    r = cfg.ray
+    ensure_ray(r.local_num_cpus or r.num_workers * r.cpus_per_worker)
+    storage = str(Path(r.storage_path).resolve())
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config={"task_cls": task_cls, "cfg": cfg},
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                     resources_per_worker={"CPU": r.cpus_per_worker}),
+        run_config=RunConfig(name=r.name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=r.num_to_keep)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; keep the root cause on one line
+        raise LaunchError(f"run {storage}/{r.name} failed: {_root_cause(err)}") from err
+    if result.error is not None:
+        raise LaunchError(f"run {storage}/{r.name} failed: {_root_cause(result.error)}")
+    out = dict(result.metrics or {})
+    out["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    out["run_dir"] = str(Path(storage) / r.name)
+    return out
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"

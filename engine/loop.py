@@ -1,0 +1,329 @@
+"""The per-worker training function: DeepSpeed around a task's model, fed by residue-budget batches.
+
+`train_worker(task_cls, cfg)` is what every Ray Train worker runs (engine.launch). Called in a
+plain process without Ray (`run_plain`), it makes a one-process gloo group itself and writes
+checkpoints to `<storage_path>/<name>/` directly: the same code path, for debugging.
+
+Step accounting: `train.max_steps` counts optimizer steps; each is `deepspeed.grad_accum_steps`
+micro-batches. Checkpoints sit on optimizer-step boundaries and record the data position (epoch,
+next batch in the epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+Dropout is re-seeded from (seed, step, rank) every step, so resumed runs match without RNG state.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .batching import epoch_plan
+from .config import ExperimentConfig, to_dict
+from .data import ShardDataset
+from .tracking import Tracker, git_commit
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    under_ray: bool
+
+
+def lr_lambda(optim_cfg, max_steps: int) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine / linear decay to min_lr_ratio at max_steps (or constant)."""
+    warm, floor = optim_cfg.warmup_steps, optim_cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if optim_cfg.decay == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, max_steps - warm))
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if optim_cfg.decay == "cosine" else 1 - t
+        return floor + (1 - floor) * shape
+
+    return factor
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def deepspeed_config(cfg: ExperimentConfig, bf16: bool) -> dict:
+    ds = cfg.deepspeed
+    config = {
+        # Batches are residue-budgeted, so "micro batch size" is only DeepSpeed bookkeeping.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": ds.grad_accum_steps,
+        "gradient_clipping": ds.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    for key, value in ds.extra.items():
+        config[key] = value
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _plain_context() -> WorkerContext:
+    """One-process group for DeepSpeed when running without Ray."""
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend, rank=0, world_size=1)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    return WorkerContext(0, 1, 0, device, under_ray=False)
+
+
+def _ray_context() -> WorkerContext:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world, local = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    # DeepSpeed reads these to place the model and to reuse Ray's process group.
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
+                      LOCAL_SIZE=str(ctx.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return WorkerContext(rank, world, local, device, under_ray=True)
+
+
+def run_plain(task_cls, cfg: ExperimentConfig) -> dict:
+    """Train in this process without Ray (debugging; benchmarks' single-process reference)."""
+    return train_worker(task_cls, cfg, under_ray=False)
+
+
+def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dict:
+    """Train `task_cls(cfg)` on this worker until `train.max_steps`; returns the last metrics."""
+    import deepspeed
+
+    ctx = _ray_context() if under_ray else _plain_context()
+    seed = cfg.train.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    task = task_cls(cfg)
+    model = task.build_model()
+    accum = cfg.deepspeed.grad_accum_steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.train.max_steps))
+    bf16 = use_bf16(cfg.deepspeed.bf16)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, bf16), dist_init_required=False)
+    run_dir = Path(cfg.ray.storage_path).resolve() / cfg.ray.name
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "residues_seen": 0,
+             "world_size": ctx.world_size, "zero_stage": cfg.deepspeed.zero_stage}
+    resume_dir = _resume_dir(ctx, run_dir)
+    if resume_dir is not None:
+        state = ckpt.load_checkpoint(engine, resume_dir, world_size=ctx.world_size,
+                                     zero_stage=cfg.deepspeed.zero_stage)
+    commit = git_commit()
+    full_config = {**to_dict(cfg), "task": task.kind, "world_size": ctx.world_size, "bf16": bf16,
+                   "git_commit": commit}
+    tracker = Tracker(cfg.wandb, full_config, run_dir, cfg.ray.name, ctx.rank)
+    if ctx.rank == 0:
+        where = f"resumed from {resume_dir} at step {state['step']}" if resume_dir else "fresh start"
+        print(f"[engine] {task.kind}: {ctx.world_size} worker(s), ZeRO {cfg.deepspeed.zero_stage}, "
+              f"{'bf16' if bf16 else 'fp32'} on {ctx.device.type}; {where}", flush=True)
+
+    data = ShardDataset(cfg.data.train, task.columns, cfg.data.limit)
+    valid = ShardDataset(cfg.data.valid, task.columns, cfg.data.limit) if cfg.data.valid else None
+    window = _Window()
+    last: dict = {}
+    micro = 0
+    stop_at = cfg.train.stop_after or cfg.train.max_steps
+    done = state["step"] >= cfg.train.max_steps
+    engine.train()
+    while not done:
+        plan = epoch_plan(data.lengths, seed=seed, epoch=state["epoch"], rank=ctx.rank, world=ctx.world_size,
+                          **_plan_args(cfg))
+        if not plan.batches:
+            raise ValueError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
+        if ctx.rank == 0 and state["batch_in_epoch"] == 0:
+            st = plan.stats
+            print(f"[engine] epoch {state['epoch']}: {plan.global_batches} batches, {len(plan.batches)} per rank, "
+                  f"{st.proteins} proteins -> {st.pieces} pieces ({st.long_proteins} longer than "
+                  f"{cfg.data.max_length} {'windowed' if cfg.data.long_proteins == 'window' else 'cropped'}, "
+                  f"{st.skipped_short} too short), padding efficiency {plan.padding_efficiency:.3f}", flush=True)
+        first = state["batch_in_epoch"]
+        todo = plan.batches[first:]
+        if todo:
+            data.load(np.concatenate([b.rows for b in todo]))
+        for offset, batch in enumerate(todo):
+            index = first + offset
+            if micro % accum == 0:  # dropout depends on the step only, so resume matches
+                torch.manual_seed(hash((seed, state["step"], ctx.rank)) % 2**31)
+            rng = np.random.default_rng([seed, state["epoch"], index, ctx.rank])
+            tensors = task.collate([data.row(r) for r in batch.rows], batch.starts, batch.lengths, rng)
+            tensors = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in tensors.items()}
+            loss, logs = task.loss(engine, tensors)
+            engine.backward(loss)
+            engine.step()
+            micro += 1
+            window.add(logs, batch.residues, batch.padded)
+            if micro % accum:
+                continue
+            state["step"] += 1
+            state["batch_in_epoch"] = index + 1
+            step = state["step"]
+            window.grad_norms.append(_grad_norm(engine))
+            final = step >= cfg.train.max_steps
+            save = step % cfg.train.checkpoint_every == 0 or final or step == stop_at
+            if step % cfg.train.log_every == 0 or save:
+                metrics = window.reduce(ctx, task)
+                state["residues_seen"] += int(metrics.get("residues", 0))
+                metrics.update(lr=scheduler_lr(engine), step=step, epoch=state["epoch"])
+                if valid is not None and (final or (cfg.train.eval_every and step % cfg.train.eval_every == 0)):
+                    metrics.update(evaluate(task, engine, valid, cfg, ctx))
+                tracker.log(metrics, step)
+                last = metrics
+                if save:
+                    _checkpoint(engine, task, cfg, ctx, state, metrics, run_dir, commit)
+                elif ctx.under_ray:
+                    import ray.train
+                    ray.train.report(metrics)
+            if final or step == stop_at:
+                done = True
+                break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+    tracker.finish()
+    return last
+
+
+def _plan_args(cfg: ExperimentConfig) -> dict:
+    d = cfg.data
+    return dict(residues_per_batch=d.residues_per_batch, max_batch_size=d.max_batch_size,
+                max_length=d.max_length, long_proteins=d.long_proteins, bucket_ratio=d.bucket_ratio,
+                min_length=d.min_length)
+
+
+def scheduler_lr(engine) -> float:
+    return float(engine.get_lr()[0])
+
+
+def _grad_norm(engine) -> float:
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+class _Window:
+    """Sums of task logs, residues and time since the last report."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums: dict[str, list[float]] = {}
+        self.residues = 0
+        self.padded = 0
+        self.grad_norms: list[float] = []
+        self.start = time.perf_counter()
+
+    def add(self, logs, residues: int, padded: int):
+        for name, (total, count) in logs.items():
+            acc = self.sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float(total)
+            acc[1] += float(count)
+        self.residues += residues
+        self.padded += padded
+
+    def reduce(self, ctx: WorkerContext, task) -> dict:
+        names = sorted(self.sums)
+        values = [v for n in names for v in self.sums[n]] + [self.residues, self.padded]
+        t = torch.tensor(values, dtype=torch.float64)
+        if ctx.world_size > 1:
+            backend_device = ctx.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+            t = t.to(backend_device)
+            torch.distributed.all_reduce(t)
+            t = t.cpu()
+        seconds = time.perf_counter() - self.start
+        means = {n: t[2 * i].item() / max(t[2 * i + 1].item(), 1e-12) for i, n in enumerate(names)}
+        out = task.summarize(means)
+        residues, padded = t[-2].item(), t[-1].item()
+        out.update(residues=residues, residues_per_s=residues / max(seconds, 1e-9),
+                   padding_efficiency=residues / max(padded, 1),
+                   grad_norm=float(np.nanmean(self.grad_norms)) if self.grad_norms else float("nan"))
+        self.reset()
+        return out
+
+
+def evaluate(task, engine, dataset: ShardDataset, cfg: ExperimentConfig, ctx: WorkerContext) -> dict:
+    """Mean task logs over the whole validation set (split over ranks), prefixed with 'valid_'."""
+    plan = epoch_plan(dataset.lengths, seed=cfg.train.seed, epoch=0, rank=ctx.rank, world=ctx.world_size,
+                      **_plan_args(cfg))
+    window = _Window()
+    engine.eval()
+    if plan.batches:
+        dataset.load(np.concatenate([b.rows for b in plan.batches]))
+    with torch.no_grad():
+        for index, batch in enumerate(plan.batches):
+            if batch.repeated:
+                continue  # fillers exist only to equalise training steps
+            rng = np.random.default_rng([cfg.train.seed, 10**6, index, ctx.rank])
+            tensors = task.collate([dataset.row(r) for r in batch.rows], batch.starts, batch.lengths, rng)
+            tensors = {k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+            _, logs = task.loss(engine, tensors)
+            window.add(logs, batch.residues, batch.padded)
+    engine.train()
+    reduced = window.reduce(ctx, task)
+    return {f"valid_{k}": v for k, v in reduced.items()
+            if k not in ("residues_per_s", "grad_norm", "padding_efficiency")}
+
+
+def _resume_dir(ctx: WorkerContext, run_dir: Path) -> Path | None:
+    if ctx.under_ray:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return Path(checkpoint.path) if checkpoint is not None else None
+    return ckpt.latest_checkpoint(run_dir)
+
+
+def _checkpoint(engine, task, cfg, ctx: WorkerContext, state: dict, metrics: dict, run_dir: Path, commit: str):
+    export_config = {**task.export_config(), "git_commit": commit,
+                     "train": {"step": state["step"], "residues_seen": state["residues_seen"],
+                               "world_size": ctx.world_size, "config": to_dict(cfg)}}
+    name = ckpt.checkpoint_name(state["step"])
+    if not ctx.under_ray:
+        target = run_dir / name
+        ckpt.save_checkpoint(engine, target, state=dict(state), export_config=export_config, task=task, rank=0)
+        ckpt.prune_checkpoints(run_dir, cfg.ray.num_to_keep)
+        return
+    import ray.train
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-rank{ctx.rank}-"))
+    try:
+        ckpt.save_checkpoint(engine, tmp, state=dict(state), export_config=export_config, task=task,
+                             rank=ctx.rank)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                         checkpoint_dir_name=name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""What a training stage plugs into the engine: a `Task` subclass.
+
+The engine owns the loop (DeepSpeed, batching, checkpoints, W&B, Ray); a task owns the model,
+how rows become tensors, and the loss. See docs/engine.md, "How to plug in a new task".
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# name -> (sum over the batch, count): the engine adds both over steps and ranks and reports
+# sum / count, so means are exact however batches and ranks are sized.
+Logs = dict[str, tuple[torch.Tensor, torch.Tensor | float]]
+
+
+class Task(ABC):
+    kind: str = "model"  # written to config.json "kind" of exports ("bilstm", "encoder", ...)
+    columns: list[str] = ["tokens"]  # shard columns `collate` needs ("length" is always read)
+
+    def __init__(self, cfg):
+        self.cfg = cfg  # the stage's ExperimentConfig subclass
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """A fresh model (same seed on every rank; DeepSpeed broadcasts rank 0's weights anyway)."""
+
+    @abstractmethod
+    def collate(self, rows: list[dict], starts: np.ndarray, lengths: np.ndarray,
+                rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Rows -> CPU tensors. Piece i is residues [starts[i], starts[i] + lengths[i]) of rows[i];
+        per-residue columns must be sliced accordingly. `rng` is seeded per (seed, epoch, batch,
+        rank), so e.g. MLM masking is reproducible across resume."""
+
+    @abstractmethod
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Logs]:
+        """Forward pass; returns the scalar loss to back-propagate and the logs to report.
+        Return the same log names on every call and every rank (they are all-reduced)."""
+
+    def summarize(self, means: dict[str, float]) -> dict[str, float]:
+        """Derived metrics from the reduced means (e.g. perplexity = exp(ce))."""
+        return means
+
+    def export_config(self) -> dict:
+        """config.json of an export, without "git_commit" and "train" (the engine adds them)."""
+        from .config import to_dict
+        return {"kind": self.kind, "model": to_dict(self.cfg.model) if hasattr(self.cfg, "model") else {}}
+
+    def write_export_files(self, directory: Path) -> None:
+        """Extra files an export needs besides weights and config (e.g. tokenizer.json)."""

@@ -1,0 +1,266 @@
+"""Per-residue embeddings at scale: any embedder -> embedding shards (+ optional HDF5).
+
+Rows are sorted by length and cut into residue-budget batches, so a batch wastes little padding.
+Proteins longer than `chunk_residues` are embedded in overlapping windows (at most
+`batch_residues` residues in flight) and stitched at the middle of each overlap: memory stays
+bounded for any length and no protein is dropped. Chunked rows are flagged and counted.
+
+Output layout (a shard directory, docs/finetune.md):
+  id, length, embedding (large_binary: float16 [length, dim] row-major), pooled (list<float32>,
+  the per-residue mean), chunked (bool), plus the label columns of the input shards.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from data_prep.shards import data_files, read_manifest, write_manifest
+from data_prep.vocab import PAD_ID
+
+from .config import EmbedConfig
+from .embedders import describe, load_embedder
+from .errors import FinetuneError
+
+# Input columns that are not carried into embedding shards (the embedding replaces them).
+DROPPED_COLUMNS = {"sequence", "tokens", "pssm", "zero_row", "description"}
+
+
+def plan_batches(lengths: np.ndarray, budget: int, max_rows: int) -> list[np.ndarray]:
+    """Row indices grouped into length-sorted batches with rows * longest <= budget."""
+    order = np.argsort(lengths, kind="stable")
+    batches, current, longest = [], [], 0
+    for i in order:
+        length = int(lengths[i])
+        if current and (max(longest, length) * (len(current) + 1) > budget or len(current) >= max_rows):
+            batches.append(np.asarray(current))
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+def windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(window start, window end, keep start, keep end) covering [0, length) exactly once."""
+    if overlap >= chunk:
+        raise FinetuneError(f"config key embed.chunk_overlap ({overlap}) must be < chunk_residues ({chunk})")
+    step = chunk - overlap
+    starts = [0]
+    while starts[-1] + chunk < length:
+        starts.append(starts[-1] + step)
+    keeps = [0] + [s + overlap // 2 for s in starts[1:]] + [length]
+    return [(s, min(s + chunk, length), keeps[k], keeps[k + 1]) for k, s in enumerate(starts)]
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype == "float16" and device.type != "cuda":
+        raise FinetuneError("config key embed.dtype: float16 needs a GPU (use bfloat16 or float32 on CPU)")
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def _pad(token_arrays: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(t) for t in token_arrays], dtype=torch.long)
+    tokens = torch.full((len(token_arrays), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for row, t in enumerate(token_arrays):
+        tokens[row, : len(t)] = torch.from_numpy(np.asarray(t, dtype=np.int64))
+    return tokens, lengths
+
+
+class BatchEmbedder:
+    """Embeds token arrays with residue-budget batches; the chunked path for long proteins."""
+
+    def __init__(self, embedder, cfg: EmbedConfig):
+        self.embedder, self.cfg = embedder, cfg
+        self.device = torch.device(getattr(embedder, "device", "cpu"))
+
+    def _forward(self, token_arrays: list[np.ndarray]) -> list[np.ndarray]:
+        tokens, lengths = _pad(token_arrays)
+        with torch.inference_mode(), _autocast(self.device, self.cfg.dtype):
+            out = self.embedder.embed(tokens.to(self.device), lengths.to(self.device))
+        out = out.float().cpu().numpy()
+        return [out[row, :n] for row, n in enumerate(lengths.tolist())]
+
+    def _embed_long(self, tokens: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        spans = windows(len(tokens), cfg.chunk_residues, cfg.chunk_overlap)
+        result = np.empty((len(tokens), self.embedder.dim), dtype=np.float32)
+        per_batch = max(1, cfg.batch_residues // cfg.chunk_residues)
+        for first in range(0, len(spans), per_batch):
+            group = spans[first: first + per_batch]
+            outs = self._forward([tokens[s:e] for s, e, _, _ in group])
+            for (s, _, a, b), out in zip(group, outs):
+                result[a:b] = out[a - s: b - s]
+        return result
+
+    def embed(self, token_arrays: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per-protein float32 [L, dim] arrays (input order) and a 'was chunked' flag per protein."""
+        cfg = self.cfg
+        lengths = np.array([len(t) for t in token_arrays])
+        results: list[np.ndarray | None] = [None] * len(token_arrays)
+        chunked = lengths > cfg.chunk_residues
+        for i in np.flatnonzero(chunked):
+            results[i] = self._embed_long(np.asarray(token_arrays[i]))
+        short = np.flatnonzero(~chunked)
+        for batch in plan_batches(lengths[short], cfg.batch_residues, cfg.max_batch_size):
+            rows = short[batch]
+            for i, out in zip(rows, self._forward([token_arrays[i] for i in rows])):
+                results[i] = out
+        return results, chunked
+
+
+def embed_table(batcher: BatchEmbedder, table: pa.Table) -> pa.Table:
+    """Input shard rows (with `tokens`) -> embedding rows (labels carried through)."""
+    if "tokens" not in table.column_names:
+        raise FinetuneError("input shards have no `tokens` column (use a data_prep output)")
+    token_arrays = [np.asarray(t, dtype=np.uint8) for t in table.column("tokens").to_numpy(zero_copy_only=False)]
+    if any(len(t) == 0 for t in token_arrays):
+        raise FinetuneError("input shards contain an empty sequence (data_prep should have rejected it)")
+    outputs, chunked = batcher.embed(token_arrays)
+    dim = batcher.embedder.dim
+    pooled = np.stack([o.mean(axis=0) for o in outputs]).astype(np.float32)
+    columns = {
+        "id": table.column("id"),
+        "length": pa.array([len(t) for t in token_arrays], pa.int32()),
+        "embedding": pa.array([o.astype(np.float16).tobytes() for o in outputs], pa.large_binary()),
+        "pooled": pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1)), dim).cast(pa.list_(pa.float32())),
+        "chunked": pa.array(chunked.tolist(), pa.bool_()),
+    }
+    for name in table.column_names:
+        if name not in DROPPED_COLUMNS and name not in columns:
+            columns[name] = table.column(name)
+    return pa.table(columns)
+
+
+class _EmbedActor:
+    """Ray Data actor: one embedder loaded once, then fed blocks of rows."""
+
+    def __init__(self, model: str, cfg: dict, device: str):
+        self.batcher = BatchEmbedder(load_embedder(model, device), EmbedConfig(**cfg))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return embed_table(self.batcher, batch)
+
+
+class EmbeddingWriter:
+    """Streams embedding rows into part-*.parquet files (and optionally one HDF5 file)."""
+
+    def __init__(self, out: Path, rows_per_shard: int, hdf5: str | None):
+        self.out, self.rows_per_shard = Path(out), rows_per_shard
+        self.data = self.out / "data"
+        self.data.mkdir(parents=True, exist_ok=True)
+        for old in self.data.glob("part-*.parquet"):
+            old.unlink()
+        self.shard, self.writer, self.in_shard = 0, None, 0
+        self.rows = self.residues = self.chunked = 0
+        self.h5 = None
+        if hdf5:
+            import h5py
+            Path(hdf5).parent.mkdir(parents=True, exist_ok=True)
+            self.h5 = h5py.File(hdf5, "w")
+
+    def write(self, table: pa.Table, dim: int) -> None:
+        start = 0
+        while start < table.num_rows:
+            if self.writer is None:
+                path = self.data / f"part-{self.shard:05d}.parquet"
+                self.writer = pq.ParquetWriter(path, table.schema)
+            take = min(self.rows_per_shard - self.in_shard, table.num_rows - start)
+            self.writer.write_table(table.slice(start, take), row_group_size=256)
+            start += take
+            self.in_shard += take
+            if self.in_shard >= self.rows_per_shard:
+                self._roll()
+        self.rows += table.num_rows
+        self.residues += int(pa.compute.sum(table.column("length")).as_py() or 0)
+        self.chunked += int(pa.compute.sum(table.column("chunked").cast(pa.int32())).as_py() or 0)
+        if self.h5 is not None:
+            for pid, length, emb, pooled in zip(*(table.column(c).to_pylist() for c in ("id", "length", "embedding")),
+                                                 table.column("pooled").to_numpy(zero_copy_only=False)):
+                key = pid.replace("/", "_")
+                ds = self.h5.create_dataset(key, data=np.frombuffer(emb, np.float16).reshape(length, dim))
+                ds.attrs["original_id"] = pid
+                ds.attrs["pooled"] = np.asarray(pooled, np.float32)
+
+    def _roll(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer, self.in_shard = None, 0
+            self.shard += 1
+
+    def close(self):
+        self._roll()
+        if self.h5 is not None:
+            self.h5.close()
+
+
+def _ray_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str]):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    use_gpu = cfg.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    # No global sort: each actor call plans length-sorted residue-budget batches inside its
+    # rows_per_task rows, which gives the same padding waste without a shuffle stage.
+    ds = ray.data.read_parquet([str(p) for p in data_files(data_dir)], columns=columns)
+    ds = ds.map_batches(
+        _EmbedActor, fn_constructor_kwargs={"model": model, "cfg": asdict(cfg),
+                                            "device": "cuda" if use_gpu else "cpu"},
+        batch_size=cfg.rows_per_task, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_gpus=1 if use_gpu else 0, num_cpus=1)
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _local_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str]):
+    batcher = BatchEmbedder(load_embedder(model, "cuda" if (cfg.use_gpu and torch.cuda.is_available()) else "cpu"), cfg)
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in data_files(data_dir)])
+    table = table.take(pa.compute.sort_indices(table, [("length", "ascending")]))
+    for start in range(0, table.num_rows, cfg.rows_per_task):
+        yield embed_table(batcher, table.slice(start, cfg.rows_per_task))
+
+
+def run_embed(model: str, data_dir: str | Path, out: str | Path, cfg: EmbedConfig | None = None,
+              hdf5: str | None = None, use_ray: bool = True) -> dict:
+    """Embed every row of shard dir `data_dir` with `model` into shard dir `out`; returns the manifest."""
+    cfg = cfg or EmbedConfig()
+    data_dir, out = Path(data_dir), Path(out)
+    try:
+        source = read_manifest(data_dir)
+        schema = pq.read_schema(data_files(data_dir)[0])
+    except FileNotFoundError as err:
+        raise FinetuneError(str(err)) from None
+    columns = [c for c in schema.names if c not in DROPPED_COLUMNS or c == "tokens"]
+    dim = load_embedder(model, "cpu").dim if model == "onehot" else None
+    writer = EmbeddingWriter(out, cfg.rows_per_shard, hdf5)
+    t0 = time.perf_counter()
+    try:
+        batches = (_ray_batches if use_ray else _local_batches)(model, data_dir, cfg, columns)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            dim = dim or len(batch.column("pooled")[0])
+            writer.write(batch, dim)
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - t0
+    if writer.rows != source["rows"]:
+        raise FinetuneError(f"{out}: wrote {writer.rows} rows but {data_dir} has {source['rows']}")
+    return write_manifest(
+        out, kind="embeddings", rows=writer.rows, residues=writer.residues, sources=[str(data_dir)],
+        rejected={}, input_records=source["rows"], dim=dim, dtype="float16",
+        embedding_layout="large_binary float16 [length, dim] row-major; pooled = mean over residues",
+        model=describe(model), model_path=str(model), source_kind=source.get("kind"),
+        chunked=writer.chunked, chunk_residues=cfg.chunk_residues, seconds=round(seconds, 2),
+        hdf5=str(hdf5) if hdf5 else None)

@@ -1,0 +1,60 @@
+"""What LA and the mean-pool MLP share: the small classifier and the per-protein losses."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+N_LOCATIONS = 10
+
+
+class ClassifierMLP(nn.Module):
+    """Linear -> dropout -> ReLU -> batch norm -> location logits (+ membrane logits), as in LA."""
+
+    def __init__(self, in_dim: int, hidden: int = 32, dropout: float = 0.25, membrane_head: bool = True):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.BatchNorm1d(hidden))
+        self.location = nn.Linear(hidden, N_LOCATIONS)
+        self.membrane = nn.Linear(hidden, 2) if membrane_head else None
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.hidden(features)
+        out = {"location": self.location(h)}
+        if self.membrane is not None:
+            out["membrane"] = self.membrane(h)
+        return out
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """Mean cross-entropy over targets >= 0 (-1 = no label); None when the batch has none."""
+    valid = target >= 0
+    if not bool(valid.any()):
+        return None
+    return F.cross_entropy(logits[valid].float(), target[valid])
+
+
+class ProteinTask(nn.Module):
+    """Per-protein heads: `forward(batch)` is the training loss, `predict(batch)` the logits.
+
+    Location rows with location_id -1 (e.g. Cytoplasm-Nucleus) and membrane rows with U (-1)
+    are left out of their loss.
+    """
+
+    membrane_weight = 1.0
+
+    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        out = self.predict(batch)
+        # Zero-weighted term keeps every parameter in the graph (DDP needs that) when a batch
+        # has no label of a kind.
+        loss = sum(v.sum() for v in out.values()) * 0.0
+        location = masked_cross_entropy(out["location"], batch["location_id"])
+        if location is not None:
+            loss = loss + location
+        if "membrane" in out:
+            membrane = masked_cross_entropy(out["membrane"], batch["membrane_id"])
+            if membrane is not None:
+                loss = loss + self.membrane_weight * membrane
+        return loss

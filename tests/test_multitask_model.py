@@ -1,0 +1,163 @@
+"""Multitask model: masking statistics, label masking in losses, no label leakage, padding
+invariance, rotary past the training length, metrics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep.vocab import MASK_ID, PAD_ID, STANDARD_IDS
+from multitask.data import collate, get_example, load_proteins
+from multitask.losses import TaskWeights, task_losses, total_loss
+from multitask.masking import IGNORE, MaskingConfig, mask_tokens
+from multitask.metrics import Confusion
+from multitask.model import ModelConfig, MultitaskEncoder, apply_rotary, rotary_tables
+from test_multitask_data import real_shards
+
+SMALL = ModelConfig(dim=64, layers=2, heads=4, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def shards(shared_data):
+    return real_shards()
+
+
+@pytest.fixture(scope="module")
+def mixed_batch(shards):
+    """Real proteins of three kinds in one batch: ss-labelled, DeepLoc-labelled, unlabelled."""
+    ss, dl, corpus = (load_proteins(shards[k]) for k in ("ss_train", "deeploc_train", "corpus"))
+    rng = np.random.default_rng(0)
+    examples = [get_example(ss, i, 128, rng=rng) for i in range(3)] + \
+               [get_example(dl, i, 128, rng=rng) for i in range(3)] + \
+               [get_example(corpus, i, 128, rng=rng) for i in range(2)]
+    return collate(examples)
+
+
+def test_bert_masking_statistics_and_never_pads(shards):
+    corpus = load_proteins(shards["corpus"])
+    batch = collate([get_example(corpus, i, 512) for i in range(400)])
+    tokens, lengths = batch["tokens"], batch["lengths"]
+    real = torch.arange(tokens.shape[1])[None] < lengths[:, None]
+    assert (~real).sum() > 10_000  # plenty of padding to hit by mistake
+    gen = torch.Generator().manual_seed(0)
+    corrupted, targets = mask_tokens(tokens, lengths, MaskingConfig(), gen)
+    picked = targets != IGNORE
+    n_real, n_picked = int(real.sum()), int(picked.sum())
+    assert n_real > 100_000
+    assert abs(n_picked / n_real - 0.15) < 0.005
+    assert not (picked & ~real).any() and (corrupted[~real] == PAD_ID).all()
+    assert torch.equal(targets[picked], tokens[picked])
+    masked = (corrupted == MASK_ID) & picked
+    changed_random = (corrupted != MASK_ID) & (corrupted != tokens) & picked
+    kept = (corrupted == tokens) & picked
+    assert abs(masked.sum() / n_picked - 0.8) < 0.01
+    # a random replacement equals the original 1 time in 20: 10% * 19/20 visibly changed
+    assert abs(changed_random.sum() / n_picked - 0.1 * 19 / 20) < 0.01
+    assert abs(kept.sum() / n_picked - (0.1 + 0.1 / 20)) < 0.01
+    rnd = corrupted[changed_random]
+    assert ((rnd >= int(STANDARD_IDS[0])) & (rnd <= int(STANDARD_IDS[-1]))).all()
+    assert torch.equal(corrupted[~picked], tokens[~picked])
+
+
+def test_random_replacement_mode(shards):
+    corpus = load_proteins(shards["corpus"])
+    batch = collate([get_example(corpus, i, 512) for i in range(200)])
+    tokens, lengths = batch["tokens"], batch["lengths"]
+    real = torch.arange(tokens.shape[1])[None] < lengths[:, None]
+    corrupted, targets = mask_tokens(tokens, lengths, MaskingConfig(mode="random", rate=0.05),
+                                     torch.Generator().manual_seed(1))
+    assert torch.equal(targets != IGNORE, real)  # loss on every real residue
+    changed = (corrupted != tokens).sum() / real.sum()
+    assert abs(changed - 0.05 * 19 / 20) < 0.004
+    assert not (corrupted == MASK_ID).any() and (corrupted[~real] == PAD_ID).all()
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_missing_labels_give_zero_loss_and_zero_gradient(mixed_batch):
+    torch.manual_seed(0)
+    model = MultitaskEncoder(SMALL)
+    no_ss = {k: v.clone() for k, v in mixed_batch.items()}
+    for k in ("ss3", "ss8", "disorder"):
+        no_ss[k][:] = -1
+    out = model(no_ss["tokens"], no_ss["lengths"])
+    parts = task_losses(out, {**no_ss, "mlm_targets": torch.full_like(no_ss["tokens"], IGNORE)})
+    for k in ("ss3", "ss8", "disorder", "mlm"):
+        assert parts[k][0].item() == 0.0 and parts[k][1].item() == 0
+    assert parts["location"][1].item() == 3 and parts["location"][0].item() > 0
+    loss = total_loss(parts, TaskWeights())
+    loss.backward()
+    assert torch.isfinite(loss)
+    for head in (model.ss3, model.ss8, model.disorder, model.mlm):
+        assert _grad_norm(head) == 0.0  # present in the graph, but no gradient
+    assert _grad_norm(model.location) > 0
+    # The ss loss of a batch equals the ss loss of its ss-labelled proteins alone: the others add nothing.
+    model.zero_grad()
+    full = task_losses(model(mixed_batch["tokens"], mixed_batch["lengths"]),
+                       {**mixed_batch, "mlm_targets": torch.full_like(mixed_batch["tokens"], IGNORE)})
+    only = {k: v[:3] for k, v in mixed_batch.items()}
+    alone = task_losses(model(only["tokens"], only["lengths"]),
+                        {**only, "mlm_targets": torch.full_like(only["tokens"], IGNORE)})
+    assert full["ss3"][1] == alone["ss3"][1]
+    torch.testing.assert_close(full["ss3"][0], alone["ss3"][0], rtol=1e-4, atol=1e-5)
+
+
+def test_labels_never_reach_the_predictions(mixed_batch):
+    torch.manual_seed(0)
+    model = MultitaskEncoder(SMALL).eval()
+    out = model(mixed_batch["tokens"], mixed_batch["lengths"])
+    scrambled = dict(mixed_batch)
+    g = torch.Generator().manual_seed(3)
+    for k, n in (("ss3", 3), ("ss8", 8), ("disorder", 2)):
+        scrambled[k] = torch.randint(-1, n, mixed_batch[k].shape, generator=g)
+    scrambled["location"] = torch.randint(-1, 10, (len(mixed_batch["location"]),), generator=g)
+    scrambled["membrane"] = 1 - mixed_batch["membrane"].clamp(min=0)
+    assert not torch.equal(scrambled["ss3"], mixed_batch["ss3"])
+    # the model's signature takes tokens and lengths only; run the training-time path too
+    out2 = model(scrambled["tokens"], scrambled["lengths"])
+    for k in out:
+        assert torch.equal(out[k], out2[k]), k
+    base = task_losses(out, {**mixed_batch, "mlm_targets": torch.full_like(mixed_batch["tokens"], IGNORE)})
+    other = task_losses(out2, {**scrambled, "mlm_targets": torch.full_like(mixed_batch["tokens"], IGNORE)})
+    assert not torch.isclose(base["ss3"][0], other["ss3"][0])  # the labels did change the loss
+
+
+def test_padding_invariance(mixed_batch):
+    torch.manual_seed(0)
+    model = MultitaskEncoder(SMALL).eval()
+    out = model(mixed_batch["tokens"], mixed_batch["lengths"])
+    shortest = int(mixed_batch["lengths"].argmin())
+    n = int(mixed_batch["lengths"][shortest])
+    assert n < mixed_batch["tokens"].shape[1] - 20  # really padded in the batch
+    alone = model(mixed_batch["tokens"][shortest:shortest + 1, :n], mixed_batch["lengths"][shortest:shortest + 1])
+    for k in ("mlm", "ss3", "ss8", "disorder"):
+        torch.testing.assert_close(alone[k][0], out[k][shortest, :n], rtol=1e-4, atol=1e-5)
+    for k in ("location", "membrane"):
+        torch.testing.assert_close(alone[k][0], out[k][shortest], rtol=1e-4, atol=1e-5)
+
+
+def test_rotary_runs_past_training_length():
+    torch.manual_seed(0)
+    model = MultitaskEncoder(SMALL).eval()
+    n = 3000  # demo trains on 256 residues; a learned table capped at 1024 would fail here
+    tokens = torch.randint(int(STANDARD_IDS[0]), int(STANDARD_IDS[-1]) + 1, (1, n))
+    out = model(tokens, torch.tensor([n]))
+    assert out["ss3"].shape == (1, n, 3) and torch.isfinite(out["ss3"]).all()
+    # rotary scores depend on relative position only, also far past the training length
+    cos, sin = rotary_tables(n, 16, SMALL.rope_base, "cpu", torch.float64)
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+    qr, kr = apply_rotary(q.expand(1, 1, n, 16), cos, sin), apply_rotary(k.expand(1, 1, n, 16), cos, sin)
+    score = lambda m, j: float((qr[0, 0, m] * kr[0, 0, j]).sum())
+    assert abs(score(10, 3) - score(2510, 2503)) < 1e-9 and abs(score(10, 3) - score(10, 4)) > 1e-6
+
+
+def test_confusion_metrics():
+    c = Confusion(2)
+    c.update(torch.tensor([1, 1, 0, 0, 1]), torch.tensor([1, 0, 0, -1, 1]))
+    assert c.count == 4 and c.accuracy() == 0.75
+    assert abs(c.mcc() - 0.5773502691896258) < 1e-12  # tp=2 fp=1 tn=1 fn=0
+    q = Confusion(3)
+    q.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2]), keep=torch.tensor([True, True, True, False]))
+    assert q.count == 3 and abs(q.accuracy() - 2 / 3) < 1e-12
