@@ -46,6 +46,7 @@ def build_shards(out: Path) -> Path:
     from data_prep.fasta import convert_fasta
     from data_prep.labels import labels_deeploc, labels_flip
 
+    out.mkdir(parents=True, exist_ok=True)
     sample = out / "corpus.fasta"
     with open(SHARED / "corpus/corpus_dedup.fasta") as src, open(sample, "w") as dst:
         n = 0

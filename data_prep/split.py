@@ -23,9 +23,9 @@ from .tools import require, run_tool
 ROWS_PER_SHARD = 100_000
 
 
-def _write_fasta(path: Path, ids: list[str], seqs: list[str], prefix: str = "") -> None:
+def _write_fasta(path: Path, seqs: list[str], prefix: str) -> None:
     with open(path, "w") as f:
-        for i, (rid, s) in enumerate(zip(ids, seqs)):
+        for i, s in enumerate(seqs):
             f.write(f">{prefix}{i}\n{s}\n")  # numbered names: ids may contain anything
 
 
@@ -35,8 +35,8 @@ def homologs(train_seqs: list[str], eval_seqs: list[str], min_identity: float, c
     mmseqs = require("mmseqs")
     with tempfile.TemporaryDirectory(prefix="dp_split_") as tmp:
         t = Path(tmp)
-        _write_fasta(t / "train.fasta", [], train_seqs, "t")
-        _write_fasta(t / "eval.fasta", [], eval_seqs, "e")
+        _write_fasta(t / "train.fasta", train_seqs, "t")
+        _write_fasta(t / "eval.fasta", eval_seqs, "e")
         if not train_seqs or not eval_seqs:
             return {}
         run_tool([mmseqs, "easy-search", str(t / "train.fasta"), str(t / "eval.fasta"), str(t / "hits.m8"),

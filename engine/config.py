@@ -66,6 +66,7 @@ class LoopConfig:
     eval_every: int = 0  # optimizer steps between validation passes (0 = only at the end, if data.valid)
     checkpoint_every: int = 200  # optimizer steps between checkpoints (one is always written at the end)
     stop_after: int = 0  # stop the process after this many optimizer steps without finishing (0 = never); for tests of resume
+    fail_once_at_step: int = 0  # testing: the last rank raises once at this step, to exercise FailureConfig restarts (0 = never)
 
 
 @dataclass

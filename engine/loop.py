@@ -193,6 +193,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
             state["batch_in_epoch"] = index + 1
             step = state["step"]
             window.grad_norms.append(_grad_norm(engine))
+            _maybe_inject_failure(cfg, ctx, step, run_dir)
             final = step >= cfg.train.max_steps
             save = step % cfg.train.checkpoint_every == 0 or final or step == stop_at
             if step % cfg.train.log_every == 0 or save:
@@ -216,6 +217,17 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
             state["batch_in_epoch"] = 0
     tracker.finish()
     return last
+
+
+def _maybe_inject_failure(cfg: ExperimentConfig, ctx: WorkerContext, step: int, run_dir: Path) -> None:
+    """train.fail_once_at_step: one simulated worker crash per run (a marker file remembers it)."""
+    if step != cfg.train.fail_once_at_step or ctx.rank != ctx.world_size - 1:
+        return
+    marker = run_dir / f".injected_failure_{step}"
+    if not marker.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"injected failure at step {step} (train.fail_once_at_step)")
 
 
 def _plan_args(cfg: ExperimentConfig) -> dict:

@@ -36,7 +36,7 @@ class EmbeddingSet:
         idx = np.asarray(idx, dtype=np.int64)
         return EmbeddingSet(
             ids=[self.ids[i] for i in idx], lengths=self.lengths[idx],
-            residues=[self.residues[i] for i in idx], pooled=self.pooled[idx],
+            residues=[self.residues[i] for i in idx] if self.residues else [], pooled=self.pooled[idx],
             labels={k: v[idx] for k, v in self.labels.items()},
             residue_labels={k: [v[i] for i in idx] for k, v in self.residue_labels.items()},
             meta={k: [v[i] for i in idx] for k, v in self.meta.items()})

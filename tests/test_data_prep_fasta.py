@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def test_every_bad_input_kind_is_a_reject_with_its_reason(tmp_path, ray_session)
     assert m["stripped_trailing_stops"] == 1 and m["rejected"]["digits"] == 1
 
 
-def test_structural_garbage_is_one_clear_error(tmp_path):
+def test_structural_garbage_is_one_clear_error(tmp_path, ray_session):
     binary = tmp_path / "binary.fasta"
     binary.write_bytes(b">a\nMKV\n" + bytes(range(256)))
     with pytest.raises(DataPrepError, match=r"binary\.fasta: binary data"):
@@ -103,9 +104,11 @@ def test_structural_garbage_is_one_clear_error(tmp_path):
     gz.write_bytes(full[: len(full) // 2])
     with pytest.raises(DataPrepError, match=r"cut\.fasta\.gz: truncated or corrupt gzip"):
         list(iter_gzip_blocks(str(gz), 1 << 16))
-    for bad in (binary, gz):  # through the CLI: exit 2, one line naming the file, no traceback
-        proc = subprocess.run([sys.executable, "-m", "data_prep", "--num-cpus", "1", "fasta", str(bad),
-                               "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    # Through the CLI (joining the test's Ray): exit 2, one line naming the file, no traceback.
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    for bad in (binary, gz):
+        proc = subprocess.run([sys.executable, "-m", "data_prep", "fasta", str(bad), "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=REPO, env=env)
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and bad.name in last and "Traceback" not in proc.stderr

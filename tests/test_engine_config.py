@@ -46,7 +46,7 @@ def test_bad_values_name_the_key(tmp_path, text, message):
 
 def test_invalid_yaml_names_line(tmp_path):
     with pytest.raises(ConfigError, match=r"line 2"):
-        load_config(ExperimentConfig, write(tmp_path, "optim:\n  lr: [1\n"))
+        load_config(ExperimentConfig, write(tmp_path, "optim:\n  lr: a: b\n"))
 
 
 def test_overrides_are_typed_and_strict(tmp_path):

@@ -161,3 +161,19 @@ def test_confusion_metrics():
     q = Confusion(3)
     q.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 1, 2]), keep=torch.tensor([True, True, True, False]))
     assert q.count == 3 and abs(q.accuracy() - 2 / 3) < 1e-12
+
+
+def test_optional_go_head_masks_proteins_without_terms(mixed_batch, shards):
+    torch.manual_seed(0)
+    model = MultitaskEncoder(ModelConfig(dim=64, layers=1, heads=4, go_terms=5))
+    dl = load_proteins(shards["deeploc_train"])
+    examples = [get_example(dl, i, 64) for i in range(4)]
+    examples[0].go, examples[1].go = np.array([0, 3]), np.array([4])  # the others have no GO terms
+    batch = collate(examples, go_terms=5)
+    assert batch["go"][0].tolist() == [1, 0, 0, 1, 0] and (batch["go"][2:] == -1).all()
+    out = model(batch["tokens"], batch["lengths"])
+    parts = task_losses(out, {**batch, "mlm_targets": torch.full_like(batch["tokens"], IGNORE)})
+    assert parts["go"][1].item() == 10 and torch.isfinite(parts["go"][0])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out["go"][:2], batch["go"][:2])
+    torch.testing.assert_close(parts["go"][0], expected)
+    assert "go" not in MultitaskEncoder(SMALL)(batch["tokens"], batch["lengths"])

@@ -1,0 +1,71 @@
+"""DeepLoc, FLIP and NetSurfP labels -> shards, with the real record counts."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_prep import shards
+from data_prep.labels import LOCATIONS, labels_deeploc, labels_flip, labels_netsurfp
+from data_prep.merge import merge
+
+
+def test_deeploc_files(shared_data, tmp_path):
+    d = shared_data / "deeploc"
+    val = labels_deeploc([str(d / "deeploc_our_val_set.fasta")], tmp_path / "val")
+    test = labels_deeploc([str(d / "deeploc_test_set.fasta")], tmp_path / "test")
+    assert val["rows"] == 1678 and test["rows"] == 2768 and val["rejected"] == {} == test["rejected"]
+    assert val["unknown_locations"] == {"Cytoplasm-Nucleus": 23} and test["unknown_locations"] == {}
+    assert val["splits"] == {"train": 1678} and test["splits"] == {"test": 2768}
+    t = shards.read_table(tmp_path / "val")
+    rows = t.to_pylist()
+    first = rows[0]
+    assert (first["id"], first["location"], first["location_id"], first["membrane"], first["membrane_id"]) == \
+        ("Q9Y4C2", "Cell.membrane", 0, "M", 1)
+    unknown = [r for r in rows if r["location_id"] == -1]
+    assert len(unknown) == 23 and {r["location"] for r in unknown} == {"Cytoplasm-Nucleus"}
+    assert all(LOCATIONS[r["location_id"]] == r["location"] for r in rows if r["location_id"] >= 0)
+    tt = shards.read_table(tmp_path / "test")
+    assert np.bincount(tt["location_id"].to_numpy(), minlength=10).sum() == 2768
+    assert set(tt["membrane"].to_pylist()) == {"M", "S", "U"}
+
+
+def test_deeploc_bad_labels_are_rejects(tmp_path):
+    f = tmp_path / "dl.fasta"
+    f.write_text(">A1 Nucleus-S\nMKV\n>A2 Nucleus\nMKV\n>A3 Nucleus-Q\nMKV\n>A4 Nucleus-M extra\nMKV\n>A5 Weird-U test\nMKV\n")
+    m = labels_deeploc([str(f)], tmp_path / "o")
+    assert m["rows"] == 2 and m["rejected"] == {"bad_label": 3} and m["unknown_locations"] == {"Weird": 1}
+    rej = pq.read_table(tmp_path / "o" / "rejects").to_pylist()
+    assert [(r["id"], r["line"]) for r in rej] == [("A2", 3), ("A3", 5), ("A4", 7)]
+
+
+def test_flip(shared_data, tmp_path):
+    flip = shared_data / "secondary_structure" / "flip"
+    m = labels_flip(flip, tmp_path / "all")
+    assert m["rows"] == 11156 and m["splits"] == {"train": 9712, "valid": 1080, "test": 364}
+    t = shards.read_table(tmp_path / "all")
+    r = t.slice(0, 1).to_pylist()[0]
+    assert r["id"] == "1es5-A" and r["ss8"] is None and r["dataset"] == "flip"
+    # mask 0 (disordered) at positions 0-1 of 1es5-A: disorder 1, ss3 -1, not evaluated
+    assert r["disorder"][:3] == [1, 1, 0] and r["ss3"][:3] == [-1, -1, 2] and r["eval_mask"][:3] == [0, 0, 1]
+    assert len(r["ss3"]) == r["length"] == len(r["tokens"])
+    tr = labels_flip(flip, tmp_path / "train", splits={"train", "valid"})
+    assert tr["rows"] == 10792 and tr["rejected"] == {"split_not_selected": 364}
+    assert set(shards.read_table(tmp_path / "train", ["split"])["split"].to_pylist()) == {"train", "valid"}
+
+
+def test_netsurfp_and_merge(shared_data, tmp_path):
+    ns = shared_data / "secondary_structure" / "netsurfp"
+    m = labels_netsurfp([str(ns / n) for n in ("CB513_HHblits.csv", "TS115_HHblits.csv", "CASP12_HHblits.csv")],
+                        tmp_path / "ns")
+    assert m["datasets"] == {"cb513": 511, "ts115": 115, "casp12": 20} and m["rows"] == 646
+    t = shards.read_table(tmp_path / "ns")
+    casp = [r for r in t.to_pylist() if r["dataset"] == "casp12"][0]
+    assert casp["id"] == "casp12_0" and casp["sequence"].startswith("SLRFTASTST") and casp["split"] == "test"
+    # disorder 1.0 = ordered: the file's 0.0 entries are the disordered ones (at the termini)
+    assert casp["disorder"][0] == 1 and casp["ss3"][0] == -1 and casp["ss8"][0] == -1
+    dis = np.concatenate([np.array(r["disorder"]) for r in t.to_pylist()])
+    assert dis.sum() == 797 + 2203 + 3525
+    labels_flip(shared_data / "secondary_structure" / "flip", tmp_path / "flip_test", splits={"test"})
+    mm = merge([str(tmp_path / "flip_test"), str(tmp_path / "ns")], tmp_path / "ss_test")
+    assert mm["rows"] == 364 + 646 and mm["input_records"] == 11156 + 646
+    assert shards.read_table(tmp_path / "ss_test").num_rows == 1010
