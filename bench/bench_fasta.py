@@ -91,6 +91,19 @@ def main() -> None:
         rate = m["residues"] / t_ray
         print(f"data_prep (Ray Data, {a.cpus} CPUs): {m['residues'] / 1e6:.1f} M residues in {t_ray:.2f} s = "
               f"{rate / 1e6:.1f} M residues/s = {rate / a.cpus / 1e6:.1f} M residues/s per core")
+        # The same work in this one process, no Ray: what one core does per second.
+        from dataclasses import asdict
+
+        from data_prep.fasta import _process_range
+        from data_prep.fasta_read import plan_ranges
+
+        (tmp / "one").mkdir()
+        opts = asdict(FastaOptions(block_size=a.block_mb << 20))
+        t = time.perf_counter()
+        for r in plan_ranges([str(src)], a.block_mb << 20):
+            _process_range(asdict(r), str(tmp / "one"), opts)
+        t_one = time.perf_counter() - t
+        print(f"data_prep, same work in 1 process without Ray: {m['residues'] / t_one / 1e6:.1f} M residues/s")
         (tmp / "base").mkdir()
         t = time.perf_counter()
         n = baseline(src, tmp / "base")

@@ -126,7 +126,7 @@ def throughput(name: str, preset: str, shards: Path, storage: Path, warmup: int,
                  "ray.num_workers=1", f"ray.cpus_per_worker={1 if gpu else cpus}", f"ray.use_gpu={str(gpu).lower()}",
                  f"train.max_steps={warmup + steps}", f"train.log_every={warmup}", f"train.checkpoint_every={10**6}",
                  "wandb.mode=disabled", "deepspeed.grad_accum_steps=1", "deepspeed.zero_stage=1",
-                 f"deepspeed.bf16={'on' if gpu else 'off'}", "data.long_proteins=window", *extra]
+                 f"deepspeed.bf16={'true' if gpu else 'false'}", "data.long_proteins=window", *extra]
     if steps != warmup:
         raise SystemExit("bench: steps must equal warmup (the engine reports every `warmup` steps)")
     cfg = pretrain_config.load(CONFIG_DIR / preset, overrides)

@@ -26,7 +26,9 @@ from .fasta_parse import SEQUENCE_SCHEMA, ParsedBlock, parse_block
 from .fasta_read import ByteRange, iter_gzip_blocks, plan_ranges, read_range
 
 DEFAULT_BLOCK_SIZE = 32 << 20
-PARQUET_OPTIONS = dict(compression="zstd", compression_level=1, use_dictionary=["id"])
+# Writing the list<uint8> tokens column dominates the run time; lz4 costs little on top of no
+# compression, zstd about 2x (docs/bench_data_prep.md). Statistics on unique ids are useless.
+PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=False)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Vectorised FASTA block parser: whole byte blocks -> Arrow columns, no per-residue Python.
 
 A block is a bytes object holding whole records (the reader in `fasta_read` cuts blocks at
-record starts). Everything is numpy over the whole block: find '>' and '\\n', mark header lines,
-drop whitespace by masking, classify every byte with a 256-entry table, and build Arrow string and
-list arrays straight from offsets. Python loops run only over the (rare) rejected records.
+record starts). Everything is numpy over the whole block: find '>' and whitespace positions, mask
+header lines and whitespace, compact, translate bytes to token ids with one 256-entry table, and
+build Arrow string and list arrays straight from offsets. Python loops run only over the (rare)
+rejected records.
 
 Rejection reasons, first match wins (also documented in docs/data_prep.md):
   before_first_header   text before the first '>' line of a file (counted as one record)
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataPrepError
-from .vocab import BYTE_TO_ID, RESIDUES
+from .vocab import BYTE_TO_ID, RESIDUES, UNK_ID
 
 # Byte classes, ordered by rejection priority (lower code wins inside one record).
 OK, DIGIT, STAR, GAP, INVALID = 0, 1, 2, 3, 4
@@ -51,6 +52,7 @@ def _tables():
 
 
 BYTE_CLASS, BYTE_UPPER, BYTE_WHITE, BYTE_CONTROL = _tables()
+_TO_ID, _UPPER = BYTE_TO_ID.tobytes(), BYTE_UPPER.tobytes()  # bytes.translate tables
 
 SEQUENCE_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -113,7 +115,9 @@ def parse_block(data: bytes, *, source: str = "<block>", file_start: bool = True
     """
     a = np.frombuffer(data, np.uint8)
     n = len(a)
-    bad = np.flatnonzero(BYTE_CONTROL[a])
+    # Bytes <= 32 are few (newlines, blanks): find them once; control bytes among them = binary data.
+    wpos = np.flatnonzero(a <= 32)
+    bad = wpos[~BYTE_WHITE[a[wpos]]]
     if len(bad):
         raise DataPrepError(f"{source}: binary data (byte 0x{a[bad[0]]:02x}) at byte "
                             f"{byte_offset + int(bad[0])}; not a text FASTA file")
@@ -147,38 +151,47 @@ def parse_block(data: bytes, *, source: str = "<block>", file_start: bool = True
     seq_end = np.append(hs[1:], n)
     header_line = k                                   # 0-based line number of each header
 
-    # Residues: every byte inside a sequence region that is not whitespace.
-    mark = np.zeros(n + 1, np.int8)
-    np.add.at(mark, seq_start, 1)
-    np.add.at(mark, seq_end, -1)
-    in_seq = np.cumsum(mark[:n], dtype=np.int8).view(bool)
-    white = BYTE_WHITE[a]
-    seq = a[in_seq & ~white]
-    wpos = np.flatnonzero(white)
+    # Residues: every byte inside a sequence region that is not whitespace. The region mask is
+    # built by np.repeat over alternating (outside, inside) segment lengths, whitespace cleared
+    # by scatter, then one compaction.
+    bounds = np.empty(2 * nrec + 2, np.int64)
+    bounds[0] = 0
+    bounds[1:-1:2] = seq_start
+    bounds[2:-1:2] = seq_end
+    bounds[-1] = n
+    inside = np.zeros(2 * nrec + 1, bool)
+    inside[1::2] = True
+    in_seq = np.repeat(inside, np.diff(bounds))
+    in_seq[wpos] = False
+    seq = a[in_seq]
     n_white = np.searchsorted(wpos, seq_end) - np.searchsorted(wpos, seq_start)
     lengths = (seq_end - seq_start) - n_white
     offsets = np.zeros(nrec + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
 
-    # Classify bytes; only the (rare) non-residue positions are looked at individually.
-    cls = BYTE_CLASS[seq]
-    badpos = np.flatnonzero(cls)
+    # Tokens by one table lookup (bytes.translate: a C loop); bytes outside the vocabulary come
+    # out as <unk>, and only those (rare) positions are classified for the reject reason.
+    tokens = np.frombuffer(seq.tobytes().translate(_TO_ID), np.uint8)
+    badpos = np.flatnonzero(tokens == UNK_ID)
+    cls = BYTE_CLASS[seq[badpos]]
     stripped = 0
     if len(badpos):
-        is_stop = (cls[badpos] == STAR) & (badpos == offsets[np.searchsorted(offsets, badpos, "right")] - 1)
+        is_stop = (cls == STAR) & (badpos == offsets[np.searchsorted(offsets, badpos, "right")] - 1)
         if is_stop.any():  # a trailing '*' is a stop codon mark: strip it, it is not a residue
             stops = badpos[is_stop]
             seq = np.delete(seq, stops)
-            cls = np.delete(cls, stops)
+            tokens = np.delete(tokens, stops)
             rec = np.searchsorted(offsets, stops, "right") - 1
             lengths = lengths - np.bincount(rec, minlength=nrec)
             np.cumsum(lengths, out=offsets[1:])
-            badpos = np.flatnonzero(cls)
+            badpos = np.flatnonzero(tokens == UNK_ID)
+            cls = BYTE_CLASS[seq[badpos]]
             stripped = int(len(stops))
-    code = np.zeros(nrec, np.uint8)
-    code[:] = 255
+    code = np.full(nrec, 255, np.uint8)
     if len(badpos):
-        np.minimum.at(code, np.searchsorted(offsets, badpos, "right") - 1, cls[badpos])
+        np.minimum.at(code, np.searchsorted(offsets, badpos, "right") - 1, cls)
+    if np.count_nonzero(seq >= 97):  # lower case present: upper-case the sequence column
+        seq = np.frombuffer(seq.tobytes().translate(_UPPER), np.uint8)
 
     # Headers: id = first word, description = the rest (trailing '\r' and blanks dropped).
     hdr, hoff = _gather_ranges(a, hs + 1, he)
@@ -211,9 +224,9 @@ def parse_block(data: bytes, *, source: str = "<block>", file_start: bool = True
     table = pa.Table.from_arrays([
         ids,
         _string_array(desc_bytes, desc_off),
-        _string_array(BYTE_UPPER[seq], offsets),
+        _string_array(seq, offsets),
         pa.array(lengths.astype(np.int32)),
-        pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(BYTE_TO_ID[seq])),
+        pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(tokens)),
     ], schema=SEQUENCE_SCHEMA)
     rec_index = np.arange(nrec, dtype=np.int64) + n_pre
     if not ok.all():

@@ -52,7 +52,7 @@ class OptimConfig:
 @dataclass
 class DeepSpeedSection:
     zero_stage: int = 0  # ZeRO stage 0, 1 or 2
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto = bf16 on GPUs that support it, fp32 on CPU
+    bf16: Literal["auto", True, False] = "auto"  # auto = bf16 on GPUs that support it, fp32 on CPU; true/false force it
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
     extra: dict = field(default_factory=dict)  # raw DeepSpeed config keys merged in last (expert use)

@@ -56,11 +56,9 @@ def lr_lambda(optim_cfg, max_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def use_bf16(setting: str) -> bool:
-    if setting == "on":
-        return True
-    if setting == "off":
-        return False
+def use_bf16(setting) -> bool:
+    if isinstance(setting, bool):
+        return setting
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
@@ -150,7 +148,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
     if ctx.rank == 0:
         where = f"resumed from {resume_dir} at step {state['step']}" if resume_dir else "fresh start"
         print(f"[engine] {task.kind}: {ctx.world_size} worker(s), ZeRO {cfg.deepspeed.zero_stage}, "
-              f"{'bf16' if bf16 else 'fp32'} on {ctx.device.type}; {where}", flush=True)
+              f"{'bf16' if bf16 else 'fp32'} on {ctx.device.type} ({torch.get_num_threads()} threads); {where}", flush=True)
 
     data = ShardDataset(cfg.data.train, task.columns, cfg.data.limit)
     valid = ShardDataset(cfg.data.valid, task.columns, cfg.data.limit) if cfg.data.valid else None

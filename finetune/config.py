@@ -18,7 +18,7 @@ from .errors import FinetuneError
 class EmbedConfig:
     batch_residues: int = 16000  # residue budget of one forward batch (rows * longest length)
     max_batch_size: int = 64  # at most this many proteins in one forward batch
-    chunk_residues: int = 4000  # longer proteins are embedded in overlapping windows of this size
+    chunk_residues: int = 4000  # longer proteins are embedded in overlapping windows of this size (0 = never: the model handles any length itself)
     chunk_overlap: int = 250  # residues shared by neighbouring windows (the seam is in its middle)
     num_actors: int = 1  # Ray Data actor pool size (one model per actor)
     rows_per_task: int = 512  # rows handed to one map_batches call (rows arrive length-sorted)

@@ -107,7 +107,7 @@ class BatchEmbedder:
         cfg = self.cfg
         lengths = np.array([len(t) for t in token_arrays])
         results: list[np.ndarray | None] = [None] * len(token_arrays)
-        chunked = lengths > cfg.chunk_residues
+        chunked = lengths > cfg.chunk_residues if cfg.chunk_residues > 0 else np.zeros(len(lengths), bool)
         for i in np.flatnonzero(chunked):
             results[i] = self._embed_long(np.asarray(token_arrays[i]))
         short = np.flatnonzero(~chunked)

@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
-from data_prep.shards import read_manifest, read_table
+from data_prep.shards import data_files, read_manifest, read_table
 from data_prep.vocab import PAD_ID, vocab_hash
 
 PER_RESIDUE = ("ss3", "ss8", "disorder", "eval_mask")
-KINDS = ("sequences", "deeploc", "ss")
+KINDS = ("sequences", "pssm", "deeploc", "ss")  # pssm: used for its tokens only (unlabelled)
+WANTED = ("id", "length", "tokens", "ss3", "ss8", "disorder", "eval_mask", "location_id", "membrane_id",
+          "dataset", "split", "go")
 
 
 class DataError(ValueError):
@@ -82,11 +85,12 @@ def _flat_list_column(table: pa.Table, name: str, lengths: np.ndarray, path: Pat
 
 
 def load_proteins(path: str | Path, name: str | None = None) -> ProteinSet:
-    """Read a data_prep shard directory (sequences, deeploc or ss) into a ProteinSet."""
+    """Read a data_prep shard directory (sequences, pssm, deeploc or ss) into a ProteinSet."""
     path = Path(path)
     try:
         manifest = read_manifest(path)
-        table = read_table(path)
+        names = pq.read_schema(data_files(path)[0]).names
+        table = read_table(path, columns=[c for c in WANTED if c in names])
     except FileNotFoundError as e:
         raise DataError(str(e)) from None
     kind = manifest.get("kind")

@@ -49,6 +49,23 @@ def random_encoder_export(path):
     return path
 
 
+def random_bilstm_export(path):
+    """A small randomly initialised biLSTM LM, exported per docs/contracts.md."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from pretrain.model import BiLSTMConfig, BiLSTMLM
+
+    torch.manual_seed(0)
+    cfg = BiLSTMConfig(embed_dim=16, input_proj=32, hidden=64, proj=32, dropout=0.0)
+    save_file({k: v.contiguous() for k, v in BiLSTMLM(cfg).state_dict().items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"kind": "bilstm", "model": asdict(cfg), "embedding": {},
+                                                  "vocab_hash": vocab_hash()}))
+    save_tokenizer(path)
+    return path
+
+
 def long_protein(shared_data) -> str:
     """A real DeepLoc protein repeated to exactly 35,000 residues."""
     seq = read_fasta(shared_data / "deeploc" / "deeploc_test_set.fasta")[0][1]
@@ -96,6 +113,18 @@ def test_35k_protein_random_encoder_is_embedded_with_bounded_memory(shared_data,
     # Far from a seam the window sees enough context: a window's middle equals a direct embedding of it.
     direct = spy.inner.embed(torch.from_numpy(encode(seq[:2000]).astype(np.int64))[None], torch.tensor([2000]))[0]
     np.testing.assert_allclose(out[:1000], direct[:1000].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [2000, 0])
+def test_35k_protein_random_bilstm_is_embedded_with_bounded_memory(shared_data, tmp_path, chunk):
+    export = random_bilstm_export(tmp_path)
+    seq = long_protein(shared_data)
+    cfg = EmbedConfig(batch_residues=4000, chunk_residues=chunk, chunk_overlap=200)
+    spy = Spy(load_embedder(str(export)))
+    (out,), chunked = BatchEmbedder(spy, cfg).embed([encode(seq)])
+    assert out.shape == (LONG, spy.dim) and np.isfinite(out).all() and bool(chunked[0]) == (chunk > 0)
+    # Windows bound the input; chunk 0 hands the whole protein to the biLSTM's own exact state-carrying path.
+    assert spy.most == (LONG if chunk == 0 else 2000)
 
 
 def _with_long_protein(shared_data, tmp_path):
