@@ -61,6 +61,7 @@ class TrainConfig:
     max_batch_size: int = 150  # at most this many proteins per batch (LA paper: 150)
     bucketed: bool = True  # length-sorted residue-budget batches (False = shuffled fixed-size, padded to longest)
     bf16: bool = False  # bfloat16 autocast for the forward pass
+    crop: int = 0  # per-protein heads: longer proteins keep their first and last crop/2 residues (0 = whole; DeepLoc used 1000)
     seeds: list[int] = field(default_factory=lambda: [0])  # one model per seed, trained in turn
     num_workers: int = 0  # Ray Train workers (data parallel); 0 = plain single process
     bootstrap: int = 1000  # bootstrap resamples for standard errors

@@ -47,18 +47,31 @@ def epoch_batches(lengths: np.ndarray, cfg: TrainConfig, rng: np.random.Generato
     return batches
 
 
-def collate(data: EmbeddingSet, idx: np.ndarray, per_residue: bool, pooled_only: bool = False) -> dict:
-    """Tensors of one batch: x [B, D, Lmax] (zero padding), mask [B, Lmax], pooled, labels."""
+def effective_lengths(data: EmbeddingSet, crop: int) -> np.ndarray:
+    return np.minimum(data.lengths, crop) if crop > 0 else data.lengths
+
+
+def _ends(a: np.ndarray, crop: int) -> np.ndarray:
+    """First and last crop/2 residues (DeepLoc's cropping), or all of a short protein."""
+    if crop <= 0 or len(a) <= crop:
+        return a
+    return np.concatenate([a[: crop // 2], a[len(a) - (crop - crop // 2):]])
+
+
+def collate(data: EmbeddingSet, idx: np.ndarray, per_residue: bool, pooled_only: bool = False, crop: int = 0) -> dict:
+    """Tensors of one batch: x [B, D, Lmax] (zero padding), mask [B, Lmax], pooled, labels.
+    `crop` applies to per-protein heads only (per-residue labels need every residue)."""
     batch = {"pooled": torch.from_numpy(data.pooled[idx])}
     for name, values in data.labels.items():
         batch[name] = torch.from_numpy(values[idx])
     if pooled_only:
         return batch
-    lengths = data.lengths[idx]
+    crop = 0 if per_residue else crop
+    lengths = effective_lengths(data, crop)[idx]
     longest = int(lengths.max())
     x = np.zeros((len(idx), longest, data.dim), dtype=np.float32)
     for row, i in enumerate(idx):
-        x[row, : lengths[row]] = data.residues[i]
+        x[row, : lengths[row]] = _ends(data.residues[i], crop)
     batch["x"] = torch.from_numpy(x).transpose(1, 2)
     batch["mask"] = torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]
     if per_residue:
@@ -88,8 +101,8 @@ def predict(model: nn.Module, data: EmbeddingSet, cfg: TrainConfig) -> dict[str,
     pooled_only = isinstance(core, PooledMLP)
     out: dict[str, list] = {}
     order = []
-    for idx in epoch_batches(data.lengths, cfg, None):
-        batch = collate(data, idx, per_residue, pooled_only)
+    for idx in epoch_batches(effective_lengths(data, 0 if per_residue else cfg.crop), cfg, None):
+        batch = collate(data, idx, per_residue, pooled_only, cfg.crop)
         with _autocast(cfg.bf16):
             logits = core.predict(batch)
         for name, value in logits.items():
@@ -113,12 +126,34 @@ def validation_loss(model: nn.Module, data: EmbeddingSet, cfg: TrainConfig) -> f
     core.eval()
     per_residue, pooled_only = is_per_residue(core), isinstance(core, PooledMLP)
     total, weight = 0.0, 0
-    for idx in epoch_batches(data.lengths, cfg, None):
+    for idx in epoch_batches(effective_lengths(data, 0 if per_residue else cfg.crop), cfg, None):
         with _autocast(cfg.bf16):
-            loss = core(collate(data, idx, per_residue, pooled_only))
+            loss = core(collate(data, idx, per_residue, pooled_only, cfg.crop))
         total += float(loss) * len(idx)
         weight += len(idx)
     return total / max(weight, 1)
+
+
+def train_epoch(model: nn.Module, optimizer, train: EmbeddingSet, cfg: TrainConfig, rng: np.random.Generator,
+                rank: int = 0, world: int = 1) -> float:
+    """One pass over this rank's share of the batches; returns the mean training loss."""
+    core = getattr(model, "module", model)
+    per_residue, pooled_only = is_per_residue(core), isinstance(core, PooledMLP)
+    model.train()
+    batches = epoch_batches(effective_lengths(train, 0 if per_residue else cfg.crop), cfg, rng)
+    usable = len(batches) // world * world or world
+    mine = [batches[i % len(batches)] for i in range(rank, usable, world)]
+    total = 0.0
+    for idx in mine:
+        if len(idx) < 2 and not per_residue:
+            idx = np.concatenate([idx, idx])  # batch norm needs two rows in training mode
+        with _autocast(cfg.bf16):
+            loss = model(collate(train, idx, per_residue, pooled_only, cfg.crop))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / max(len(mine), 1)
 
 
 @dataclass
@@ -141,27 +176,13 @@ def fit(model: nn.Module, train: EmbeddingSet, valid: EmbeddingSet, cfg: TrainCo
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     core = getattr(model, "module", model)
-    per_residue, pooled_only = is_per_residue(core), isinstance(core, PooledMLP)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = FitResult(copy.deepcopy(core.state_dict()), -1, float("inf"), 0, 0.0)
     start, stale = time.perf_counter(), 0
     for epoch in range(cfg.epochs):
-        model.train()
-        batches = epoch_batches(train.lengths, cfg, rng)
-        usable = len(batches) // world * world or world
-        mine = [batches[i % len(batches)] for i in range(rank, usable, world)]
-        train_loss = 0.0
-        for idx in mine:
-            if len(idx) < 2 and not per_residue:
-                idx = np.concatenate([idx, idx])  # batch norm needs two rows in training mode
-            with _autocast(cfg.bf16):
-                loss = model(collate(train, idx, per_residue, pooled_only))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            train_loss += loss.item()
+        train_loss = train_epoch(model, optimizer, train, cfg, rng, rank, world)
         val_loss = validation_loss(model, valid, cfg)
-        record = {"epoch": epoch, "train_loss": train_loss / max(len(mine), 1), "val_loss": val_loss}
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
         best.history.append(record)
         if log is not None and rank == 0:
             log(record)
