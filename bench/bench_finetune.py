@@ -140,8 +140,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--bf16", action="store_true", help="also run finetune's loop with bf16 autocast")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: stable timings on a shared 2-core machine; both sides use the same)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sets = {}

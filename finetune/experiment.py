@@ -41,7 +41,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _load(path: str | None, what: str, with_residues: bool = True) -> EmbeddingSet | None:
+def _load(path: str | None, with_residues: bool = True) -> EmbeddingSet | None:
     return None if path is None else load_embeddings(path, with_residues)
 
 
@@ -81,7 +81,7 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
             row[key] = float(np.mean(values))
             if not key.endswith("_se") and len(per_seed) > 1:
                 row[key + "_seed_std"] = float(np.std(values, ddof=1))
-    row["seeds"] = len(per_seed)
+    row["seeds"] = len(per_seed)  # confusion and per-class accuracy stay those of the first seed
     return row
 
 
@@ -109,12 +109,12 @@ def run_protein(cfg: ExperimentConfig, out: str | Path, embedder: str = "",
     if cfg.data.train is None or cfg.data.test is None:
         raise FinetuneError("config keys data.train and data.test are required (or --train/--test)")
     needs_residues = "la" in methods
-    full = _load(cfg.data.train, "train", needs_residues)
-    test = _load(cfg.data.test, "test", needs_residues)
+    full = _load(cfg.data.train, needs_residues)
+    test = _load(cfg.data.test, needs_residues)
     for name, data in (("data.train", full), ("data.test", test)):
         if "location_id" not in data.labels:
             raise FinetuneError(f"{getattr(cfg.data, name.split('.')[1])}: no location_id column (not DeepLoc embeddings)")
-    train, valid, split_info = split_validation(cfg, full, _load(cfg.data.valid, "valid", needs_residues), "location_id")
+    train, valid, split_info = split_validation(cfg, full, _load(cfg.data.valid, needs_residues), "location_id")
     split_info["excluded_from_location_loss"] = int((full.labels["location_id"] < 0).sum())
     log(f"[finetune] {embedder}: train {split_info['train']}, valid {split_info['valid']} "
         f"({split_info['validation']}), test {len(test)}; {split_info['excluded_from_location_loss']} "
@@ -163,12 +163,12 @@ def run_residue(cfg: ExperimentConfig, out: str | Path, embedder: str = "", log=
     out.mkdir(parents=True, exist_ok=True)
     if cfg.data.train is None or cfg.data.test is None:
         raise FinetuneError("config keys data.train and data.test are required (or --train/--test)")
-    full, test = _load(cfg.data.train, "train"), _load(cfg.data.test, "test")
+    full, test = _load(cfg.data.train), _load(cfg.data.test)
     if "ss3" not in full.residue_labels:
         raise FinetuneError(f"{cfg.data.train}: no ss3 column (not secondary-structure embeddings)")
     tasks = tuple(t for t in ("ss3", "ss8", "disorder")
                   if t in full.residue_labels and any(v is not None and (v >= 0).any() for v in full.residue_labels[t]))
-    train, valid, split_info = split_validation(cfg, full, _load(cfg.data.valid, "valid"), None)
+    train, valid, split_info = split_validation(cfg, full, _load(cfg.data.valid), None)
     log(f"[finetune] {embedder} cnn: tasks {tasks}, train {split_info['train']}, valid {split_info['valid']}, test {len(test)}")
     groups = sorted(set(test.meta.get("dataset", ["test"] * len(test))))
     per_group: dict[str, list] = {g: [] for g in groups}

@@ -1,8 +1,8 @@
 """Command line: `python -m multitask {train,eval,export} ...`.
 
   train  --config YAML [--set key=value ...] [--no-ray] [--export DIR] [--no-eval]
-  eval   RUN_OR_CHECKPOINT [--config YAML] [--set ...] [--out DIR]
-  export RUN_OR_CHECKPOINT --out DIR [--layers -1 -2 ...] [--mix mean|concat]
+  eval   --run RUN_OR_CHECKPOINT [--config YAML] [--set ...] [--out DIR]
+  export --run RUN_OR_CHECKPOINT --out DIR [--layers -1 -2 ...] [--mix mean|concat]
 
 User errors (bad config key, missing shards, no checkpoint) print one line and exit 2.
 """
@@ -59,8 +59,9 @@ def evaluate_checkpoint(path: str | Path, eval_cfg: EvalConfig | None = None, ou
     if not sets:
         raise ConfigError("eval.ss_test / eval.deeploc_test: both empty, nothing to evaluate")
     start = time.perf_counter()
-    results = evaluate(model, sets, device, eval_cfg.residues_per_batch)
+    results = evaluate(model, sets, device, eval_cfg.residues_per_batch, eval_cfg.protein_max_length)
     extra = {"checkpoint": str(ckpt), "step": config.get("train", {}).get("step"),
+             "protein_max_length": eval_cfg.protein_max_length,
              "seconds": round(time.perf_counter() - start, 1)}
     json_path, md_path = write_report(results, out_dir or (ckpt if path == ckpt else path), extra)
     print(markdown_table(results), end="")
@@ -98,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     t.add_argument("--export", metavar="DIR", help="also export the final model to DIR")
     e = sub.add_parser("eval", help="evaluate a run / checkpoint / export on the test sets")
-    e.add_argument("path", help="run directory, checkpoint directory or export directory")
+    e.add_argument("--run", required=True, help="run directory (<storage_path>/<name>), checkpoint or export directory")
     e.add_argument("--config", help="take the eval section from this YAML instead of the checkpoint's config")
     e.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     e.add_argument("--out", help="where eval.json / eval.md go (default: the run directory)")
     x = sub.add_parser("export", help="consolidated weights + config + tokenizer for finetune")
-    x.add_argument("path", help="run directory or checkpoint directory")
+    x.add_argument("--run", required=True, help="run directory (<storage_path>/<name>) or one checkpoint directory")
     x.add_argument("--out", required=True, help="export directory")
     x.add_argument("--layers", type=int, nargs="+", help="hidden states to embed with (0 = embeddings, -1 = last)")
     x.add_argument("--mix", choices=["mean", "concat"], help="how several layers combine")
@@ -117,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                 export_run(result["run_dir"], args.export)
         elif args.command == "eval":
             eval_cfg = load(args.config, args.set).eval if args.config else None
-            evaluate_checkpoint(args.path, eval_cfg, args.out)
+            evaluate_checkpoint(args.run, eval_cfg, args.out)
         else:
-            export_run(args.path, args.out, args.layers, args.mix)
+            export_run(args.run, args.out, args.layers, args.mix)
     except (ConfigError, DataError, ShardError, CheckpointError, ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

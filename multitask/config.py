@@ -33,6 +33,7 @@ class EvalConfig:
     ss_test: str = ""  # ss shard dir with test rows (FLIP test, CB513, TS115, CASP12); "" = none
     deeploc_test: str = ""  # deeploc shard dir with the DeepLoc test rows; "" = none
     residues_per_batch: int = 16384  # residue budget of evaluation batches (whole proteins, never cropped)
+    protein_max_length: int = 0  # final evaluation of per-protein sets (DeepLoc): proteins longer than this keep their first + last halves, as in training (0 = whole proteins)
     limit: int = 0  # during training (every train.eval_every steps) only N evenly spaced proteins of each set, cropped to data.max_length (0 = all); the final evaluation always uses all, whole
 
 
@@ -63,6 +64,7 @@ def check_values(cfg: MultitaskConfig, source: str = "<config>") -> None:
         ("mixture.sources", len(cfg.mixture.sources) > 0, "must list at least one shard directory"),
         ("mixture.proteins_per_epoch", cfg.mixture.proteins_per_epoch >= 0, "must be >= 0"),
         ("eval.residues_per_batch", cfg.eval.residues_per_batch >= 1, "must be >= 1"),
+        ("eval.protein_max_length", cfg.eval.protein_max_length == 0 or cfg.eval.protein_max_length >= 2, "must be 0 or >= 2"),
     ]
     for name, value in cfg.weights.as_dict().items():
         rules.append((f"weights.{name}", value >= 0, "must be >= 0"))

@@ -67,20 +67,16 @@ class ProteinSet:
 
 
 def _flat_list_column(table: pa.Table, name: str, lengths: np.ndarray, path: Path) -> np.ndarray:
-    """A list<int8> column flattened; null rows become -1 of the protein's length."""
+    """A list<int8> column flattened to one value per residue; null rows become -1."""
     col = table.column(name).combine_chunks()
-    nulls = col.is_null().to_numpy(zero_copy_only=False)
-    if nulls.any():
-        filled = [np.full(n, -1, np.int8) if null else None for n, null in zip(lengths, nulls)]
-        values = col.to_pylist()
-        parts = [f if f is not None else np.asarray(v, np.int8) for f, v in zip(filled, values)]
-        flat = np.concatenate(parts) if parts else np.zeros(0, np.int8)
-    else:
-        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.int8)
-        got = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-        if not np.array_equal(got, lengths):
-            bad = int(np.flatnonzero(got != lengths)[0])
-            raise DataError(f"{path}: row {bad} column {name} has {got[bad]} values for a protein of length {lengths[bad]}")
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    got = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(valid & (got != lengths))
+    if len(bad):
+        r = int(bad[0])
+        raise DataError(f"{path}: row {r} column {name} has {got[r]} values for a protein of length {lengths[r]}")
+    flat = np.full(int(lengths.sum()), -1, dtype=np.int8)
+    flat[np.repeat(valid, lengths)] = col.flatten().to_numpy(zero_copy_only=False).astype(np.int8)
     return flat
 
 

@@ -49,12 +49,17 @@ def length_batches(lengths: np.ndarray, residue_budget: int) -> list[np.ndarray]
 
 
 @torch.no_grad()
-def evaluate_set(model, ps: ProteinSet, device="cpu", residue_budget: int = 16384) -> dict[str, float]:
+def evaluate_set(model, ps: ProteinSet, device="cpu", residue_budget: int = 16384,
+                 protein_max_length: int = 0) -> dict[str, float]:
+    """Metrics of one set. Whole proteins, except that per-protein sets (DeepLoc) may be cut to
+    their first + last halves of `protein_max_length` residues (the DBMTL crop; 0 = whole)."""
     model.eval()
+    crop = protein_max_length if protein_max_length and ps.kind == "deeploc" else None
+    lengths = np.minimum(ps.lengths, crop) if crop else ps.lengths
     conf = {"ss3": Confusion(3), "ss8": Confusion(8), "disorder": Confusion(2),
             "location": Confusion(10), "membrane": Confusion(2)}
-    for rows in length_batches(ps.lengths, residue_budget):
-        batch = collate([get_example(ps, int(r)) for r in rows])
+    for rows in length_batches(lengths, residue_budget):
+        batch = collate([get_example(ps, int(r), crop, "ends") for r in rows])
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(batch["tokens"], batch["lengths"])
         counted = batch["eval_mask"] != 0  # -1 (no mask column) counts, 0 excluded
@@ -66,9 +71,10 @@ def evaluate_set(model, ps: ProteinSet, device="cpu", residue_budget: int = 1638
     return {"proteins": len(ps), **summarize(conf)}
 
 
-def evaluate(model, sets: dict[str, ProteinSet], device="cpu", residue_budget: int = 16384) -> dict[str, dict]:
+def evaluate(model, sets: dict[str, ProteinSet], device="cpu", residue_budget: int = 16384,
+             protein_max_length: int = 0) -> dict[str, dict]:
     was_training = model.training
-    results = {name: evaluate_set(model, ps, device, residue_budget) for name, ps in sets.items()}
+    results = {name: evaluate_set(model, ps, device, residue_budget, protein_max_length) for name, ps in sets.items()}
     model.train(was_training)
     return results
 

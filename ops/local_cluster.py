@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,6 +50,7 @@ class LocalCluster:
         self.temp_dir = temp_dir or f"/tmp/rc{os.getpid()}"
         self.gcs_port = _free_port()
         self.dashboard_port = _free_port()
+        self.token = secrets.token_hex(32)
         self.started = False
 
     # --- addresses -------------------------------------------------------------------------
@@ -65,6 +67,10 @@ class LocalCluster:
         env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
         env["RAY_ADDRESS"] = self.dashboard_url  # what `ray job` commands use
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Token authentication on every RPC: a fresh secret per cluster, held only in the
+        # environment of the processes we start (never in a file or a log).
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = self.token
         env.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         return env
 

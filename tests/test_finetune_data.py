@@ -99,3 +99,13 @@ def test_flip_helper_labels(shared_data, tmp_path):
     assert table.num_rows == 364
     ss3 = np.concatenate(table.column("ss3").to_numpy(zero_copy_only=False))
     assert set(np.unique(ss3)) <= {-1, 0, 1, 2} and (ss3 == 0).mean() > 0.2
+
+
+def test_helper_agrees_with_data_prep_labels(shared_data, tmp_path):
+    from data_prep.labels import labels_deeploc
+
+    fasta = shared_data / "deeploc" / "deeploc_our_val_set.fasta"
+    ours = read_table(deeploc_shards(fasta, tmp_path / "ours"))
+    theirs = read_table(labels_deeploc([str(fasta)], tmp_path / "theirs") and tmp_path / "theirs")
+    for column in ("id", "length", "tokens", "location_id", "membrane_id", "split"):
+        assert ours.column(column).to_pylist() == theirs.column(column).to_pylist(), column

@@ -116,3 +116,15 @@ def test_cli_deeploc_baselines_and_table(onehot_deeploc, tmp_path, capsys):
     assert main(["deeploc", "--train", str(onehot_deeploc["train"]), "--test", str(onehot_deeploc["test"]),
                  "--out", str(tmp_path / "x"), "--methods", "knn", "--no-wandb"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_crop_keeps_both_ends(onehot_deeploc):
+    from finetune.train import collate
+
+    data = load_embeddings(onehot_deeploc["train"])
+    i = int(np.argmax(data.lengths))  # the 13,100-residue protein
+    batch = collate(data, np.array([i]), per_residue=False, crop=1000)
+    x = batch["x"][0].T.numpy()
+    assert x.shape == (1000, 21) and batch["mask"].all()
+    np.testing.assert_array_equal(x[:500], data.residues[i][:500])
+    np.testing.assert_array_equal(x[500:], data.residues[i][-500:])
