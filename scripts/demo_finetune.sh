@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"; DEMO_OUT="${DEMO_OUT:-runs/demo}"
-export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$DEMO_OUT}"
+export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$DEMO_OUT}" WANDB_SILENT="${WANDB_SILENT:-true}"
 D="$DEMO_OUT/data"; OUT="$DEMO_OUT/finetune"
 for shard in deeploc_train deeploc_test ss_train ss_test; do
   if [ ! -f "$D/$shard/manifest.json" ]; then

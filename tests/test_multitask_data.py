@@ -6,7 +6,9 @@ because the tests must not depend on another stage's CLI being present.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,6 +59,7 @@ def _base(pid: str, seq: str) -> dict:
 def real_shards(n_corpus: int = 2000, n_ss_train: int = 1200, n_deeploc_test: int = 600) -> dict[str, Path]:
     """corpus, deeploc_train, deeploc_test, ss_train, ss_test shard dirs from the real data."""
     root = Path(tempfile.mkdtemp(prefix="mt_shards_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     out = {k: root / k for k in ("corpus", "deeploc_train", "deeploc_test", "ss_train", "ss_test")}
     corpus = [_base(h.split()[0], s) for _, (h, s) in zip(range(n_corpus), _fasta(SHARED_DATA / "corpus/corpus_dedup.fasta"))]
     _write(out["corpus"], "sequences", [dict(r, description="") for r in corpus], "corpus_dedup.fasta")
