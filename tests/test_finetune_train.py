@@ -35,7 +35,7 @@ def onehot_deeploc(shared_data, tmp_path_factory):
 
 def test_la_on_onehot_beats_majority_on_real_deeploc_test(onehot_deeploc, tmp_path):
     cfg = ExperimentConfig(data=DataConfig(train=str(onehot_deeploc["train"]), test=str(onehot_deeploc["test"])),
-                           train=TrainConfig(lr=3e-3, epochs=20, patience=6, batch_residues=30000, bootstrap=200))
+                           train=TrainConfig(lr=3e-3, epochs=20, patience=6, batch_residues=30000, crop=1000, bootstrap=200))
     rows = {r["method"]: r for r in run_protein(cfg, tmp_path, "onehot", ("la", "majority"), log=lambda *_: None)}
     la, majority = rows["la"], rows["majority"]
     assert la["n"] == 2768 and majority["q10"] == pytest.approx(806 / 2768)  # Nucleus is the test majority
