@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from engine.checkpoint import latest_checkpoint
 from ops.local_cluster import VENV_BIN, LocalCluster, netns_available
 from ops.wandb_runs import load_runs
 
@@ -106,17 +105,14 @@ def test_killed_worker_restores_from_checkpoint_and_finishes(cluster, shards, tm
     storage = tmp_path / "storage"
     run_dir = storage / "cluster-ft"
     submit(cluster, "pretrain-ft", pretrain_args(shards, storage, "cluster-ft", steps=16, every=4))
-    # Kill only once a checkpoint is complete and training has moved past it: by then the
-    # (synchronous) report of that checkpoint has returned on every rank, so Ray has registered it.
+    # Kill only once Ray Train's controller has registered a checkpoint (its snapshot file in the
+    # run dir lists it): a checkpoint reported but not yet collected dies with the worker.
     deadline = time.time() + 300
-    while time.time() < deadline:
+    while not _registered_steps(run_dir):
+        assert time.time() < deadline, "no registered checkpoint in time"
         assert status(cluster, "pretrain-ft") in ("PENDING", "RUNNING", "UNKNOWN")
-        ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
-        if ckpt is not None and _last_logged_step(run_dir) > int(ckpt.name.split("_")[-1]):
-            break
         time.sleep(1)
-    else:
-        pytest.fail("training did not pass its first checkpoint in time")
+    registered = max(_registered_steps(run_dir))
     victims = [p for p in cluster.pids() if "RayTrainWorker" in _cmdline(p)]
     assert victims, "no training worker process found"
     os.kill(victims[-1], signal.SIGKILL)
@@ -125,8 +121,17 @@ def test_killed_worker_restores_from_checkpoint_and_finishes(cluster, shards, tm
     assert state == "SUCCEEDED", logs[-4000:]
     assert "Error count: 1" in logs  # Ray Train saw the dead worker and restarted the group
     resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", logs)]
-    assert resumed and resumed[-1] >= 4, logs[-4000:]
+    assert resumed and resumed[-1] >= registered >= 4, logs[-4000:]
     assert _last_logged_step(run_dir) == 16
+
+
+def _registered_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(path.read_text())["checkpoint_results"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [int(r["metrics"]["step"]) for r in results]
 
 
 def _last_logged_step(run_dir: Path) -> int:
