@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import logging
-import os
 
 
 def ensure_ray(num_cpus: int | None = None):
     """Use the running Ray (tests, clusters via RAY_ADDRESS) or start a quiet local one."""
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    import ray
+    from engine.ray_env import ensure_ray as start_or_join
 
-    if not ray.is_initialized():
-        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(**kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **kwargs)
+    ray = start_or_join(num_cpus, log_to_driver=False)
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -13,24 +13,11 @@ import os
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .ray_env import ensure_ray
 
 
 class LaunchError(RuntimeError):
     """Training failed under Ray; the message carries the worker's error in one line."""
-
-
-def ensure_ray(num_cpus: int) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        # address="local": never join a `ray start` cluster that happens to run on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False)
 
 
 def _worker_entry(config: dict) -> None:
