@@ -1,4 +1,4 @@
-"""Pretrain benchmarks, measured in one run (results: docs/bench_pretrain.md).
+"""Pretrain benchmarks, measured in one run (results: docs/benchmarks.md).
 
 1. Padding efficiency (real residues / padded positions) of the residue-budget batches on the
    real corpus (44k proteins), with the demo and PEvoLM batching settings. Target >= 0.9.

@@ -27,7 +27,7 @@ from .fasta_read import ByteRange, iter_gzip_blocks, plan_ranges, read_range
 
 DEFAULT_BLOCK_SIZE = 32 << 20
 # Writing the list<uint8> tokens column dominates the run time; lz4 costs little on top of no
-# compression, zstd about 2x (docs/bench_data_prep.md). Statistics on unique ids are useless.
+# compression, zstd about 2x (docs/benchmarks.md). Statistics on unique ids are useless.
 PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=False)
 
 

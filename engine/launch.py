@@ -9,7 +9,7 @@ a worker failure during the run restarts all workers from it (up to `max_failure
 """
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from pathlib import Path
 
 from .config import ExperimentConfig
@@ -31,9 +31,10 @@ def launch(task_cls, cfg: ExperimentConfig) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = with_absolute_paths(cfg)
     r = cfg.ray
     ensure_ray(r.local_num_cpus or r.num_workers * r.cpus_per_worker)
-    storage = str(Path(r.storage_path).resolve())
+    storage = r.storage_path
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"task_cls": task_cls, "cfg": cfg},
@@ -54,6 +55,18 @@ def launch(task_cls, cfg: ExperimentConfig) -> dict:
     out["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     out["run_dir"] = str(Path(storage) / r.name)
     return out
+
+
+def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Relative paths mean "from where the user ran the command"; Ray Train workers run elsewhere
+    (their own working directory, possibly another node), so resolve them before shipping."""
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if path and "://" not in path else path
+
+    return replace(cfg,
+                   data=replace(cfg.data, train=absolute(cfg.data.train), valid=absolute(cfg.data.valid)),
+                   ray=replace(cfg.ray, storage_path=absolute(cfg.ray.storage_path)),
+                   wandb=replace(cfg.wandb, dir=absolute(cfg.wandb.dir)))
 
 
 def _root_cause(err: BaseException) -> str:

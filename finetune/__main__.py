@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from engine.ray_env import ensure_ray
 
 from .errors import FinetuneError
 
@@ -24,8 +25,7 @@ def _init_ray(num_cpus: int | None):
     import ray
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ensure_ray(num_cpus, log_to_driver=False)
         from ray.data import DataContext
         DataContext.get_current().enable_progress_bars = False
 

@@ -23,6 +23,7 @@ import torch
 
 from data_prep.shards import data_files, read_manifest, write_manifest
 from data_prep.vocab import PAD_ID
+from engine.ray_env import ensure_ray
 
 from .config import EmbedConfig
 from .embedders import describe, load_embedder
@@ -206,8 +207,7 @@ class EmbeddingWriter:
 def _ray_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str]):
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(log_to_driver=False)
     use_gpu = cfg.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1

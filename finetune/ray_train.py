@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from engine.ray_env import ensure_ray
+
 from .config import ModelConfig, TrainConfig
 from .errors import FinetuneError
 from .train import FitResult, build_head, fit
@@ -46,8 +48,7 @@ def fit_with_ray(model_cfg: ModelConfig, train_cfg: TrainConfig, train, valid, s
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray(log_to_driver=False)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"train": ray.put(train), "valid": ray.put(valid), "model": asdict(model_cfg),
