@@ -5,11 +5,11 @@ Unknown keys and values of the wrong type are errors that name the key (`section
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from engine.config import ConfigError
+from engine.config import load_config as engine_load_config
 
 from .errors import FinetuneError
 
@@ -76,48 +76,6 @@ class ExperimentConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
 
 
-def _check_value(name: str, value, hint):
-    hints = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
-    for h in hints:
-        if h is type(None) and value is None:
-            return value
-        origin = typing.get_origin(h) or h
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin is list and isinstance(value, list):
-            (item,) = typing.get_args(h) or (object,)
-            return [_check_value(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
-        if origin in (bool, str) and isinstance(value, origin):
-            return value
-        if origin is object:
-            return value
-    raise FinetuneError(f"config key {name}: bad value {value!r} (expected {hint})")
-
-
-def from_dict(cls, raw: dict | None, prefix: str = ""):
-    """Build dataclass `cls` from a dict; nested dataclasses recurse; unknown keys are errors."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise FinetuneError(f"config section {prefix or '<top>'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        name = f"{prefix}{key}"
-        if key not in fields:
-            raise FinetuneError(f"config key {name}: unknown (known: {', '.join(fields)})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, prefix=f"{name}.")
-        else:
-            kwargs[key] = _check_value(name, value, hint)
-    obj = cls(**kwargs)
-    validate(obj, prefix)
-    return obj
-
-
 _CHOICES = {"head": ("la", "mlp", "cnn"), "dtype": ("float32", "bfloat16", "float16")}
 
 
@@ -134,18 +92,24 @@ def validate(obj, prefix: str = "") -> None:
         raise FinetuneError(f"config key {prefix}seeds: needs at least one seed")
 
 
+def validate_tree(obj, prefix: str = "") -> None:
+    """`validate` on every nested section."""
+    validate(obj, prefix)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_tree(value, f"{prefix}{f.name}.")
+
+
 def load_config(path: str | Path | None, cls=ExperimentConfig):
-    """Read YAML `path` into `cls` (defaults when path is None)."""
-    if path is None:
-        return cls()
-    path = Path(path)
-    if not path.is_file():
-        raise FinetuneError(f"{path}: config file not found")
+    """Read YAML `path` into `cls` (defaults when path is None) with the engine's strict loader,
+    then check finetune's value ranges; every error names the file and the dotted key."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise FinetuneError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        cfg = engine_load_config(cls, path)
+    except ConfigError as err:
+        raise FinetuneError(str(err)) from None
     try:
-        return from_dict(cls, raw)
+        validate_tree(cfg)
     except FinetuneError as err:
-        raise FinetuneError(f"{path}: {err}") from None
+        raise FinetuneError(f"{path or '<config>'}: {err}") from None
+    return cfg

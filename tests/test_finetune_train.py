@@ -92,13 +92,13 @@ def test_shipped_configs_load(path):
 def test_config_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {lr: 0.1, epoch: 3}\n")
-    with pytest.raises(FinetuneError, match=r"bad.yaml: config key train.epoch: unknown"):
+    with pytest.raises(FinetuneError, match=r"bad.yaml: train.epoch: unknown key"):
         load_config(bad)
     bad.write_text("model: {head: transformer}\n")
-    with pytest.raises(FinetuneError, match="config key model.head"):
+    with pytest.raises(FinetuneError, match=r"bad.yaml: config key model.head"):
         load_config(bad)
     bad.write_text("train: {seeds: [a]}\n")
-    with pytest.raises(FinetuneError, match=r"config key train.seeds\[0\]"):
+    with pytest.raises(FinetuneError, match=r"bad.yaml: train.seeds\[0\]: expected an integer"):
         load_config(bad)
 
 
