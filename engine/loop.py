@@ -286,7 +286,10 @@ class _Window:
 
 
 def evaluate(task, engine, dataset: ShardDataset, cfg: ExperimentConfig, ctx: WorkerContext) -> dict:
-    """Mean task logs over the whole validation set (split over ranks), prefixed with 'valid_'."""
+    """Mean task logs over the whole `data.valid` set (split over ranks), prefixed with 'eval_'.
+
+    Evaluation only: nothing here selects checkpoints or stops training, which is why a stage may
+    point `data.valid` at its test sets to watch them during training (multitask does)."""
     plan = epoch_plan(dataset.lengths, seed=cfg.train.seed, epoch=0, rank=ctx.rank, world=ctx.world_size,
                       **_plan_args(cfg))
     window = _Window()
@@ -304,7 +307,7 @@ def evaluate(task, engine, dataset: ShardDataset, cfg: ExperimentConfig, ctx: Wo
             window.add(logs, batch.residues, batch.padded)
     engine.train()
     reduced = window.reduce(ctx, task)
-    return {f"valid_{k}": v for k, v in reduced.items()
+    return {f"eval_{k}": v for k, v in reduced.items()
             if k not in ("residues_per_s", "grad_norm", "padding_efficiency")}
 
 
