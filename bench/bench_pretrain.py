@@ -37,6 +37,7 @@ from engine.batching import epoch_plan  # noqa: E402
 from engine.data import ShardDataset  # noqa: E402
 from engine.loop import lr_lambda  # noqa: E402
 from pretrain import config as pretrain_config  # noqa: E402
+from data_prep.fasta_read import fasta_lengths  # noqa: E402
 from pretrain.config import CONFIG_DIR  # noqa: E402
 from pretrain.task import BiLSTMTask  # noqa: E402
 
@@ -44,17 +45,7 @@ SHARED = Path(os.environ.get("PROTLM_SHARED_DATA", REPO.parent / "shared" / "dat
 
 
 def corpus_lengths() -> np.ndarray:
-    lengths, n = [], 0
-    with open(SHARED / "corpus" / "corpus_dedup.fasta") as fh:
-        for line in fh:
-            if line.startswith(">"):
-                if n:
-                    lengths.append(n)
-                n = 0
-            else:
-                n += len(line.strip())
-    lengths.append(n)
-    return np.asarray(lengths)
+    return fasta_lengths(SHARED / "corpus" / "corpus_dedup.fasta")
 
 
 def padding(name: str, cfg) -> float:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from .errors import DataPrepError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -120,3 +122,19 @@ def iter_gzip_blocks(path: str, chunk_size: int) -> Iterator[tuple[bytes, bool, 
         raise DataPrepError(f"{path}: truncated or corrupt gzip ({err})") from None
     if carry or first:
         yield carry, first, newlines
+
+
+def fasta_lengths(path: str | Path) -> np.ndarray:
+    """Sequence lengths of a plain FASTA file, in file order (for batching studies and benches)."""
+    lengths, n, seen = [], 0, False
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith(">"):
+                if seen:
+                    lengths.append(n)
+                n, seen = 0, True
+            else:
+                n += len(line.strip())
+    if seen:
+        lengths.append(n)
+    return np.asarray(lengths, dtype=np.int64)

@@ -4,22 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from data_prep.fasta_read import fasta_lengths
 from engine.batching import epoch_plan, make_pieces, pad_stack, rank_batches
 
 
 @pytest.fixture(scope="module")
 def corpus_lengths(shared_data):
-    lengths, n = [], 0
-    with open(shared_data / "corpus" / "corpus_dedup.fasta") as fh:
-        for line in fh:
-            if line.startswith(">"):
-                if n:
-                    lengths.append(n)
-                n = 0
-            else:
-                n += len(line.strip())
-    lengths.append(n)
-    return np.asarray(lengths)
+    return fasta_lengths(shared_data / "corpus" / "corpus_dedup.fasta")
 
 
 ARGS = dict(residues_per_batch=8192, max_batch_size=256, max_length=512, long_proteins="window", bucket_ratio=1.05)
