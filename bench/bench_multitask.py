@@ -34,7 +34,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from engine.batching import epoch_plan  # noqa: E402
 from engine.data import ShardDataset  # noqa: E402
-from engine.loop import lr_lambda  # noqa: E402
+from engine.loop import lr_lambda, plan_args  # noqa: E402
 from multitask.config import load  # noqa: E402
 from multitask.model import ModelConfig, MultitaskEncoder, flops_per_token  # noqa: E402
 from multitask.task import MultitaskTask, prepare  # noqa: E402
@@ -79,9 +79,7 @@ def plain_loop(cfg, steps: int, window: int) -> list[float]:
     seeds), AdamW + clipping + schedule."""
     task = MultitaskTask(cfg)
     data = ShardDataset(cfg.data.train, task.columns)
-    plan = epoch_plan(data.lengths, residues_per_batch=cfg.data.residues_per_batch, max_batch_size=cfg.data.max_batch_size,
-                      max_length=cfg.data.max_length, long_proteins=cfg.data.long_proteins,
-                      bucket_ratio=cfg.data.bucket_ratio, min_length=cfg.data.min_length, seed=cfg.train.seed)
+    plan = epoch_plan(data.lengths, **plan_args(cfg), seed=cfg.train.seed)
     batches = plan.batches[:steps]
     data.load(np.concatenate([b.rows for b in batches]))
     model = task.build_model().train()
@@ -152,8 +150,7 @@ def main() -> None:
     engine = [h["residues_per_s"] for h in history if "residues_per_s" in h][1:]  # first window: warm-up
     plain += plain_loop(cfg, args.steps, WINDOW)
     ds = ShardDataset(cfg.data.train, [])
-    plan = epoch_plan(ds.lengths, residues_per_batch=cfg.data.residues_per_batch, max_batch_size=cfg.data.max_batch_size,
-                      max_length=cfg.data.max_length, seed=cfg.train.seed)
+    plan = epoch_plan(ds.lengths, **plan_args(cfg), seed=cfg.train.seed)
     # The box is shared with other jobs: compare the least-disturbed windows (best of N) and medians.
     print(f"plain PyTorch loop, {len(plain)} windows of {WINDOW} steps (before + after the Ray run): "
           f"best {max(plain):.0f}, median {np.median(plain):.0f} residues/s")

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from engine.batching import epoch_plan  # noqa: E402
 from engine.data import ShardDataset  # noqa: E402
-from engine.loop import lr_lambda  # noqa: E402
+from engine.loop import lr_lambda, plan_args  # noqa: E402
 from pretrain import config as pretrain_config  # noqa: E402
 from data_prep.fasta_read import fasta_lengths  # noqa: E402
 from pretrain.config import CONFIG_DIR  # noqa: E402
@@ -52,9 +52,7 @@ def padding(name: str, cfg) -> float:
     d = cfg.data
     lengths = corpus_lengths()
     t0 = time.perf_counter()
-    plan = epoch_plan(lengths, residues_per_batch=d.residues_per_batch, max_batch_size=d.max_batch_size,
-                      max_length=d.max_length, long_proteins=d.long_proteins, bucket_ratio=d.bucket_ratio,
-                      min_length=d.min_length, seed=0)
+    plan = epoch_plan(lengths, **plan_args(cfg), seed=0)
     ms = 1000 * (time.perf_counter() - t0)
     print(f"padding  {name:7s} budget={d.residues_per_batch} max_length={d.max_length}: {len(lengths)} proteins, "
           f"{plan.stats.long_proteins} windowed, {len(plan.batches)} batches, planned in {ms:.0f} ms, "
@@ -70,10 +68,7 @@ def plain_loop(cfg, warmup: int, steps: int, device: str, bf16: bool) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim, cfg.train.max_steps))
     data = ShardDataset(cfg.data.train, task.columns)
-    d = cfg.data
-    plan = epoch_plan(data.lengths, residues_per_batch=d.residues_per_batch, max_batch_size=d.max_batch_size,
-                      max_length=d.max_length, long_proteins=d.long_proteins, bucket_ratio=d.bucket_ratio,
-                      min_length=d.min_length, seed=cfg.train.seed, epoch=0)
+    plan = epoch_plan(data.lengths, **plan_args(cfg), seed=cfg.train.seed, epoch=0)
     batches = plan.batches[:warmup + steps]
     assert len(batches) == warmup + steps, "not enough batches in one epoch for the benchmark"
     data.load(np.concatenate([b.rows for b in batches]))

@@ -160,7 +160,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
     engine.train()
     while not done:
         plan = epoch_plan(data.lengths, seed=seed, epoch=state["epoch"], rank=ctx.rank, world=ctx.world_size,
-                          **_plan_args(cfg))
+                          **plan_args(cfg))
         if not plan.batches:
             raise ValueError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
         if ctx.rank == 0 and state["batch_in_epoch"] == 0:
@@ -228,7 +228,8 @@ def _maybe_inject_failure(cfg: ExperimentConfig, ctx: WorkerContext, step: int, 
         raise RuntimeError(f"injected failure at step {step} (train.fail_once_at_step)")
 
 
-def _plan_args(cfg: ExperimentConfig) -> dict:
+def plan_args(cfg: ExperimentConfig) -> dict:
+    """The `epoch_plan` keyword arguments that `cfg.data` sets (benches reuse them to plan the same batches)."""
     d = cfg.data
     return dict(residues_per_batch=d.residues_per_batch, max_batch_size=d.max_batch_size,
                 max_length=d.max_length, long_proteins=d.long_proteins, bucket_ratio=d.bucket_ratio,
@@ -291,7 +292,7 @@ def evaluate(task, engine, dataset: ShardDataset, cfg: ExperimentConfig, ctx: Wo
     Evaluation only: nothing here selects checkpoints or stops training, which is why a stage may
     point `data.valid` at its test sets to watch them during training (multitask does)."""
     plan = epoch_plan(dataset.lengths, seed=cfg.train.seed, epoch=0, rank=ctx.rank, world=ctx.world_size,
-                      **_plan_args(cfg))
+                      **plan_args(cfg))
     window = _Window()
     engine.eval()
     if plan.batches:
