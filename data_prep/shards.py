@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.sources import residue_arrays  # noqa: F401  (the one decoder of per-residue columns)
+
 from .vocab import vocab_hash
 
 SCHEMA_VERSION = 1
@@ -86,30 +88,3 @@ def write_manifest(out: str | Path, *, kind: str, rows: int, residues: int, sour
     (Path(out) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
-
-def residue_arrays(column: pa.Array | pa.ChunkedArray, dtype=np.uint8
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A per-residue column as (flat values, offsets [n+1] in values, valid [n]).
-
-    Accepts the binary encoding (values of `dtype` packed in a binary cell) and list columns, so
-    every reader goes through this one function; `offsets` count values of `dtype` (a PSSM row has
-    20 per residue), and row i is `flat[offsets[i]:offsets[i+1]]` (empty and invalid when null)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    n = len(column)
-    valid = (column.is_valid().to_numpy(zero_copy_only=False) if column.null_count
-             else np.ones(n, dtype=bool))
-    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-        off_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
-        _, off_buf, data_buf = column.buffers()
-        offsets = np.frombuffer(off_buf, dtype=off_type)[column.offset:column.offset + n + 1].astype(np.int64)
-        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        base = offsets[0]
-        flat = data[base:offsets[-1]].view(np.dtype(dtype))
-        return flat, (offsets - base) // np.dtype(dtype).itemsize, valid
-    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        offsets = column.offsets.to_numpy().astype(np.int64)
-        values = column.values.to_numpy(zero_copy_only=False)
-        flat = values[offsets[0]:offsets[-1]].astype(dtype, copy=False)
-        return flat, offsets - offsets[0], valid
-    raise TypeError(f"not a per-residue column: {column.type}")
