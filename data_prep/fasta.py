@@ -26,9 +26,6 @@ from .fasta_parse import SEQUENCE_SCHEMA, ParsedBlock, parse_block
 from .fasta_read import ByteRange, iter_gzip_blocks, plan_ranges, read_range
 
 DEFAULT_BLOCK_SIZE = 32 << 20
-# Writing the list<uint8> tokens column dominates the run time; lz4 costs little on top of no
-# compression, zstd about 2x (docs/benchmarks.md). Statistics on unique ids are useless.
-PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=False)
 
 
 @dataclass(frozen=True)
@@ -40,12 +37,13 @@ class FastaOptions:
     block_size: int = DEFAULT_BLOCK_SIZE  # bytes per parallel byte range (fixed => deterministic output)
 
 
-def _blocks(rng: ByteRange, block_size: int):
-    """(block bytes, file_start, block line offset relative to the range's first line)."""
+def _blocks(rng: ByteRange, block_size: int, out: dict):
+    """(block bytes, file_start, block line offset relative to the range's first line); sets
+    out["owned_newlines"] for a plain range (the driver sums them into file line numbers)."""
     if rng.gzip:
         yield from iter_gzip_blocks(rng.source, block_size)
         return
-    data, file_start, skipped, _ = read_range(rng.source, rng.start, rng.end)
+    data, file_start, skipped, out["owned_newlines"] = read_range(rng.source, rng.start, rng.end)
     yield data, file_start, skipped
 
 
@@ -65,7 +63,7 @@ def _process_range(row: dict, staging: str, opts: dict) -> dict:
            "stripped_stops": 0, "files": [], "rejects": [], "error": None, "owned_newlines": 0}
     try:
         n_files = 0
-        for data, file_start, line0 in _blocks(rng, o.block_size):
+        for data, file_start, line0 in _blocks(rng, o.block_size, out):
             block = parse_block(data, source=rng.source, file_start=file_start,
                                 byte_offset=max(rng.start, 0),
                                 min_length=o.min_length, max_length=o.max_length)
@@ -75,7 +73,7 @@ def _process_range(row: dict, staging: str, opts: dict) -> dict:
             t = block.table
             for s in range(0, t.num_rows, o.shard_size):
                 path = Path(staging) / f"{rng.task:06d}-{n_files:05d}.parquet"
-                pq.write_table(t.slice(s, o.shard_size), path, **PARQUET_OPTIONS)
+                shards.write_parquet(t.slice(s, o.shard_size), path)
                 if o.dedupe:  # where each row came from, to report duplicates precisely
                     meta = pa.table({"record_index": block.record_index[s:s + o.shard_size] + out["n_records"],
                                      "line": block.line[s:s + o.shard_size] + line0})
@@ -86,10 +84,6 @@ def _process_range(row: dict, staging: str, opts: dict) -> dict:
             out["rows"] += t.num_rows
             out["residues"] += int(pc.sum(t["length"]).as_py() or 0)
             out["stripped_stops"] += block.stripped_stops
-        if not rng.gzip:
-            with open(rng.source, "rb") as f:
-                f.seek(rng.start)
-                out["owned_newlines"] = f.read(rng.end - rng.start).count(b"\n")
     except DataPrepError as err:  # travels back as data: the driver raises it as one clear line
         out["error"] = str(err)
     return out
@@ -180,7 +174,7 @@ def _finish(results: list[dict], out: Path, staging: Path, opts: FastaOptions, s
             kept = table.filter(pa.array(keep))
             rows -= table.num_rows - kept.num_rows
             residues -= int(pc.sum(table["length"]).as_py() or 0) - int(pc.sum(kept["length"]).as_py() or 0)
-            pq.write_table(kept, f, **PARQUET_OPTIONS)
+            shards.write_parquet(kept, f)
     # Publish: staged files -> OUT/data/part-NNNNN.parquet in input order.
     ddir = shards.data_dir(out)
     ddir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +187,7 @@ def _finish(results: list[dict], out: Path, staging: Path, opts: FastaOptions, s
         shutil.move(f, ddir / f"part-{n:05d}.parquet")
         n += 1
     if n == 0:
-        pq.write_table(SEQUENCE_SCHEMA.empty_table(), ddir / "part-00000.parquet")
+        shards.write_parquet(SEQUENCE_SCHEMA.empty_table(), ddir / "part-00000.parquet")
         n = 1
     order = {s: i for i, s in enumerate(sources)}
     rejects.sort(key=lambda r: (order.get(r["source"], 0), r["record_index"]))

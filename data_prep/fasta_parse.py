@@ -1,10 +1,17 @@
 """Vectorised FASTA block parser: whole byte blocks -> Arrow columns, no per-residue Python.
 
 A block is a bytes object holding whole records (the reader in `fasta_read` cuts blocks at
-record starts). Everything is numpy over the whole block: find '>' and whitespace positions, mask
-header lines and whitespace, compact, translate bytes to token ids with one 256-entry table, and
-build Arrow string and list arrays straight from offsets. Python loops run only over the (rare)
-rejected records.
+record starts). Every step runs in C over the whole block, touching each byte a few times:
+  1. numpy finds the bytes <= 32 (newlines, blanks: about 1 in 60) and from them the header
+     starts ('>' after a newline) and header ends;
+  2. Arrow's `take` over cells laid on the block concatenates the sequence regions (one memcpy
+     per record) and the headers;
+  3. `bytes.translate` with the vocabulary's 256-entry table deletes whitespace and turns
+     letters into token ids in one pass, and a second table turns ids back into upper-case
+     letters for the `sequence` column;
+  4. the binary `tokens` and string `sequence` columns are made from these buffers plus offsets.
+A byte outside the vocabulary comes out as <unk>; only then (memchr finds one) are the bad bytes
+classified for the reject reason. Python loops run only over the (rare) rejected records.
 
 Rejection reasons, first match wins (also documented in docs/data_prep.md):
   before_first_header   text before the first '>' line of a file (counted as one record)
@@ -25,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import DataPrepError
-from .vocab import BYTE_TO_ID, RESIDUES, UNK_ID
+from .shards import binary_array
+from .vocab import BYTE_TO_ID, ID_TO_BYTE, RESIDUES, UNK_ID
 
 # Byte classes, ordered by rejection priority (lower code wins inside one record).
 OK, DIGIT, STAR, GAP, INVALID = 0, 1, 2, 3, 4
@@ -39,8 +47,6 @@ def _tables():
     cls[np.frombuffer(b"0123456789", np.uint8)] = DIGIT
     cls[ord("*")] = STAR
     cls[ord("-")] = GAP
-    upper = np.arange(256, dtype=np.uint8)
-    upper[ord("a"):ord("z") + 1] -= 32
     white = np.zeros(256, bool)
     white[[9, 10, 11, 12, 13, 32]] = True
     # Control bytes other than whitespace never occur in a text FASTA: they mean binary data.
@@ -48,18 +54,21 @@ def _tables():
     control[:32] = True
     control[[9, 10, 11, 12, 13]] = False
     control[127] = True
-    return cls, upper, white, control
+    return cls, white, control
 
 
-BYTE_CLASS, BYTE_UPPER, BYTE_WHITE, BYTE_CONTROL = _tables()
-_TO_ID, _UPPER = BYTE_TO_ID.tobytes(), BYTE_UPPER.tobytes()  # bytes.translate tables
+BYTE_CLASS, BYTE_WHITE, BYTE_CONTROL = _tables()
+# bytes.translate tables (one C pass each): bytes -> token ids, token ids -> letters
+_TO_ID, _TO_LETTER = BYTE_TO_ID.tobytes(), ID_TO_BYTE.tobytes()
+_WHITE = bytes(np.flatnonzero(BYTE_WHITE).astype(np.uint8))  # deleted inside sequences
+_UNK = bytes([UNK_ID])
 
 SEQUENCE_SCHEMA = pa.schema([
     ("id", pa.string()),
     ("description", pa.string()),
     ("sequence", pa.string()),
     ("length", pa.int32()),
-    ("tokens", pa.list_(pa.uint8())),
+    ("tokens", pa.binary()),    # one uint8 residue id per residue (docs/contracts.md)
 ])
 
 
@@ -74,13 +83,21 @@ class ParsedBlock:
     stripped_stops: int = 0              # trailing '*' removed
 
 
-def _gather_ranges(a: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """Concatenate a[starts[i]:ends[i]] for all i (vectorised); returns bytes and int32 offsets."""
-    lens = np.maximum(ends - starts, 0)
-    offsets = np.zeros(len(lens) + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    idx = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lens)
-    return a[idx], offsets
+def _concat_ranges(data: bytes | pa.Buffer, starts: np.ndarray, ends: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """data[starts[i]:ends[i]] for all i, concatenated; ranges sorted and disjoint.
+
+    Arrow's `take` over cells laid on `data` copies each range with one memcpy (a numpy gather
+    would need an 8-byte index per byte). Returns the bytes and int64 offsets [len(starts)+1]."""
+    k = len(starts)
+    bounds = np.empty(2 * k + 2, np.int64)   # cells: [0, s0), [s0, e0), [e0, s1), ..., [e_k-1, end)
+    bounds[0], bounds[-1] = 0, len(data)
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    cells = pa.Array.from_buffers(pa.large_binary(), 2 * k + 1, [None, pa.py_buffer(bounds), pa.py_buffer(data)])
+    picked = cells.take(pa.array(np.arange(1, 2 * k, 2)))
+    _, off_buf, data_buf = picked.buffers()
+    offsets = np.frombuffer(off_buf, np.int64)[:k + 1]
+    out = data_buf[offsets[0]:offsets[-1]].to_pybytes() if data_buf is not None and k else b""
+    return out, offsets - offsets[0]
 
 
 def _next_position(positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -92,14 +109,12 @@ def _next_position(positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.
     return np.where((j < len(positions)) & (found < hi), found, hi)
 
 
-def _string_array(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    arr = pa.StringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.astype(np.int32)),
-                                      pa.py_buffer(np.ascontiguousarray(data)))
+def _string_array(data: bytes, offsets: np.ndarray) -> pa.Array:
+    arr = binary_array(np.frombuffer(data, np.uint8), offsets, arrow_type=pa.string())
     try:
         arr.validate(full=True)
     except pa.ArrowInvalid:  # non-UTF-8 header text: decode leniently, one string at a time
-        raw = data.tobytes()
-        arr = pa.array([raw[offsets[i]:offsets[i + 1]].decode("utf-8", "replace")
+        arr = pa.array([data[offsets[i]:offsets[i + 1]].decode("utf-8", "replace")
                         for i in range(len(offsets) - 1)], pa.string())
     return arr
 
@@ -117,19 +132,16 @@ def parse_block(data: bytes, *, source: str = "<block>", file_start: bool = True
     n = len(a)
     # Bytes <= 32 are few (newlines, blanks): find them once; control bytes among them = binary data.
     wpos = np.flatnonzero(a <= 32)
-    bad = wpos[~BYTE_WHITE[a[wpos]]]
+    wbytes = a[wpos]
+    bad = wpos[~BYTE_WHITE[wbytes]]
     if len(bad):
         raise DataPrepError(f"{source}: binary data (byte 0x{a[bad[0]]:02x}) at byte "
                             f"{byte_offset + int(bad[0])}; not a text FASTA file")
-    nl = np.flatnonzero(a == 10)
-    gt = np.flatnonzero(a == 62)
-    if len(gt):
-        at_line_start = np.ones(len(gt), bool)
-        inner = gt > 0
-        at_line_start[inner] = a[gt[inner] - 1] == 10
-        hs = gt[at_line_start]                       # header starts ('>')
-    else:
-        hs = gt
+    nl = wpos[wbytes == 10]
+    after_nl = nl[nl + 1 < n] + 1
+    hs = after_nl[a[after_nl] == 62]                 # header starts: '>' at a line start
+    if n and a[0] == 62:
+        hs = np.concatenate([[0], hs])
     rejects: list[dict] = []
     n_pre = 0
     first = int(hs[0]) if len(hs) else n
@@ -141,73 +153,59 @@ def parse_block(data: bytes, *, source: str = "<block>", file_start: bool = True
         n_pre = 1
     nrec = len(hs)
     if nrec == 0:
-        return ParsedBlock(pa.Table.from_batches([], SEQUENCE_SCHEMA), np.zeros(0, np.int64),
-                           np.zeros(0, np.int64), n_pre, rejects)
+        return ParsedBlock(SEQUENCE_SCHEMA.empty_table(), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                           n_pre, rejects)
 
-    # Header line ends and sequence regions [seq_start, seq_end).
+    # Header line ends (their newline, or the block end); record i's sequence region is
+    # [he[i], hs[i+1]): its residues plus whitespace, which the translate deletes.
     k = np.searchsorted(nl, hs)
     he = np.where(k < len(nl), nl[np.minimum(k, len(nl) - 1)], n)
-    seq_start = np.minimum(he + 1, n)
     seq_end = np.append(hs[1:], n)
     header_line = k                                   # 0-based line number of each header
-
-    # Residues: every byte inside a sequence region that is not whitespace. The region mask is
-    # built by np.repeat over alternating (outside, inside) segment lengths, whitespace cleared
-    # by scatter, then one compaction.
-    bounds = np.empty(2 * nrec + 2, np.int64)
-    bounds[0] = 0
-    bounds[1:-1:2] = seq_start
-    bounds[2:-1:2] = seq_end
-    bounds[-1] = n
-    inside = np.zeros(2 * nrec + 1, bool)
-    inside[1::2] = True
-    in_seq = np.repeat(inside, np.diff(bounds))
-    in_seq[wpos] = False
-    seq = a[in_seq]
-    n_white = np.searchsorted(wpos, seq_end) - np.searchsorted(wpos, seq_start)
-    lengths = (seq_end - seq_start) - n_white
+    buf = pa.py_buffer(data)
+    raw, _ = _concat_ranges(buf, he, seq_end)
+    tokens = raw.translate(_TO_ID, _WHITE)
+    lengths = (seq_end - he) - (np.searchsorted(wpos, seq_end) - np.searchsorted(wpos, he))
     offsets = np.zeros(nrec + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
 
-    # Tokens by one table lookup (bytes.translate: a C loop); bytes outside the vocabulary come
-    # out as <unk>, and only those (rare) positions are classified for the reject reason.
-    tokens = np.frombuffer(seq.tobytes().translate(_TO_ID), np.uint8)
-    badpos = np.flatnonzero(tokens == UNK_ID)
-    cls = BYTE_CLASS[seq[badpos]]
+    # Bytes outside the vocabulary came out as <unk>: classify only those (rare).
+    code = np.full(nrec, 255, np.uint8)
     stripped = 0
-    if len(badpos):
+    if tokens.find(_UNK) >= 0:
+        tok = np.frombuffer(tokens, np.uint8)
+        orig = np.frombuffer(raw.translate(None, _WHITE), np.uint8)   # same positions as tok
+        badpos = np.flatnonzero(tok == UNK_ID)
+        cls = BYTE_CLASS[orig[badpos]]
         is_stop = (cls == STAR) & (badpos == offsets[np.searchsorted(offsets, badpos, "right")] - 1)
         if is_stop.any():  # a trailing '*' is a stop codon mark: strip it, it is not a residue
             stops = badpos[is_stop]
-            seq = np.delete(seq, stops)
-            tokens = np.delete(tokens, stops)
-            rec = np.searchsorted(offsets, stops, "right") - 1
-            lengths = lengths - np.bincount(rec, minlength=nrec)
+            tok, orig = np.delete(tok, stops), np.delete(orig, stops)
+            lengths = lengths - np.bincount(np.searchsorted(offsets, stops, "right") - 1, minlength=nrec)
             np.cumsum(lengths, out=offsets[1:])
-            badpos = np.flatnonzero(tokens == UNK_ID)
-            cls = BYTE_CLASS[seq[badpos]]
+            tokens = tok.tobytes()
+            badpos = np.flatnonzero(tok == UNK_ID)
+            cls = BYTE_CLASS[orig[badpos]]
             stripped = int(len(stops))
-    code = np.full(nrec, 255, np.uint8)
-    if len(badpos):
         np.minimum.at(code, np.searchsorted(offsets, badpos, "right") - 1, cls)
-    if np.count_nonzero(seq >= 97):  # lower case present: upper-case the sequence column
-        seq = np.frombuffer(seq.tobytes().translate(_UPPER), np.uint8)
+    # The sequence column from the ids: upper case for free (rows with <unk> are rejected).
+    letters = tokens.translate(_TO_LETTER)
 
     # Headers: id = first word, description = the rest (trailing '\r' and blanks dropped).
-    hdr, hoff = _gather_ranges(a, hs + 1, he)
-    hlen = np.diff(hoff)
+    hdr_bytes, hoff = _concat_ranges(buf, hs + 1, he)
+    hdr = np.frombuffer(hdr_bytes, np.uint8)
     hwhite = BYTE_WHITE[hdr]
     # The id ends at the first blank; '> X' (blank right after '>') has no id.
     first_white = _next_position(np.flatnonzero(hwhite), hoff[:-1], hoff[1:])
     id_len = first_white - hoff[:-1]
-    ids_bytes, id_off = _gather_ranges(hdr, hoff[:-1], first_white)
+    ids_bytes, id_off = _concat_ranges(hdr_bytes, hoff[:-1], first_white)
     # The description: from the first non-blank after the id to the last non-blank.
     nonwhite = np.flatnonzero(~hwhite)
     d_start = _next_position(nonwhite, first_white, hoff[1:])
     last = np.searchsorted(nonwhite, hoff[1:]) - 1
     d_end = np.maximum(np.where(last >= 0, nonwhite[np.maximum(last, 0)] + 1 if len(nonwhite) else 0, 0),
                        d_start)
-    desc_bytes, desc_off = _gather_ranges(hdr, d_start, d_end)
+    desc_bytes, desc_off = _concat_ranges(hdr_bytes, d_start, d_end)
 
     # Reasons per record (first match wins).
     reason = np.zeros(nrec, np.uint8)   # 0 = written
@@ -224,9 +222,9 @@ def parse_block(data: bytes, *, source: str = "<block>", file_start: bool = True
     table = pa.Table.from_arrays([
         ids,
         _string_array(desc_bytes, desc_off),
-        _string_array(seq, offsets),
+        binary_array(np.frombuffer(letters, np.uint8), offsets, arrow_type=pa.string()),
         pa.array(lengths.astype(np.int32)),
-        pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(tokens)),
+        binary_array(np.frombuffer(tokens, np.uint8), offsets),
     ], schema=SEQUENCE_SCHEMA)
     rec_index = np.arange(nrec, dtype=np.int64) + n_pre
     if not ok.all():

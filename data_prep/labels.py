@@ -26,15 +26,17 @@ SS8 = "HGIEBTSC"   # DSSP order, 0..7
 ROWS_PER_SHARD = 50_000
 
 DEEPLOC_SCHEMA = pa.schema([
-    ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("tokens", pa.list_(pa.uint8())),
+    ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("tokens", pa.binary()),
     ("location", pa.string()), ("location_id", pa.int8()), ("membrane", pa.string()),
     ("membrane_id", pa.int8()), ("split", pa.string()),
 ])
+# Per-residue columns are binary (docs/contracts.md): tokens uint8, labels int8 (-1 = unknown).
 SS_SCHEMA = pa.schema([
-    ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("tokens", pa.list_(pa.uint8())),
-    ("dataset", pa.string()), ("split", pa.string()), ("ss3", pa.list_(pa.int8())), ("ss8", pa.list_(pa.int8())),
-    ("disorder", pa.list_(pa.int8())), ("eval_mask", pa.list_(pa.int8())),
+    ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("tokens", pa.binary()),
+    ("dataset", pa.string()), ("split", pa.string()), ("ss3", pa.binary()), ("ss8", pa.binary()),
+    ("disorder", pa.binary()), ("eval_mask", pa.binary()),
 ])
+SS_LABELS = ("ss3", "ss8", "disorder", "eval_mask")
 
 
 def _read_bytes(path: str | Path) -> bytes:
@@ -126,21 +128,16 @@ def _codes(labels: str, alphabet: str) -> np.ndarray | None:
 def _ss_table(rows: list[dict]) -> pa.Table:
     from .vocab import encode
 
-    cols = {name: [] for name in SS_SCHEMA.names}
-    for r in rows:
-        for name in SS_SCHEMA.names:
-            if name == "tokens":
-                cols[name].append(encode(r["sequence"]))
-            elif name == "length":
-                cols[name].append(len(r["sequence"]))
-            else:
-                cols[name].append(r.get(name))
     arrays = []
     for f in SS_SCHEMA:
-        vals = cols[f.name]
-        if pa.types.is_list(f.type):
-            vals = [None if v is None else np.asarray(v) for v in vals]
-        arrays.append(pa.array(vals, f.type))
+        if f.name == "tokens":
+            arrays.append(shards.pack_residues((encode(r["sequence"]) for r in rows), np.uint8))
+        elif f.name == "length":
+            arrays.append(pa.array([len(r["sequence"]) for r in rows], f.type))
+        elif f.name in SS_LABELS:
+            arrays.append(shards.pack_residues((r.get(f.name) for r in rows), np.int8))
+        else:
+            arrays.append(pa.array([r.get(f.name) for r in rows], f.type))
     return pa.Table.from_arrays(arrays, schema=SS_SCHEMA)
 
 

@@ -18,7 +18,7 @@ from .errors import DataPrepError
 def merge(inputs: list[str], out: str | Path, rows_per_shard: int = 50_000) -> dict:
     if not inputs:
         raise DataPrepError("merge: no inputs")
-    manifests = [shards.read_manifest(i) for i in inputs]
+    manifests = [shards.check_schema(i) for i in inputs]
     kinds = {m["kind"] for m in manifests}
     if len(kinds) != 1:
         raise DataPrepError(f"merge: inputs have different kinds {sorted(kinds)}")

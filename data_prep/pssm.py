@@ -25,9 +25,10 @@ from .pssm_format import PssmFormatError, parse_pssm
 
 ROWS_PER_SHARD = 20_000
 FILES_PER_TASK = 64
+# pssm: L*20 uint8 percentages (row-major, PSI-BLAST column order); zero_row: L bytes 0/1.
 PARSED_SCHEMA = pa.schema([
     ("index", pa.int64()), ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
-    ("pssm", pa.list_(pa.uint8())), ("zero_row", pa.list_(pa.bool_())),
+    ("pssm", pa.binary()), ("zero_row", pa.binary()),
     ("reason", pa.string()), ("line", pa.int64()), ("detail", pa.string()),
 ])
 PSSM_COLUMNS = ["pssm", "zero_row"]
@@ -62,8 +63,8 @@ def parse_files(batch: dict) -> pa.Table:
             if raw[:2] == b"\x1f\x8b":
                 raw = gzip.decompress(raw)
             p = parse_pssm(raw)
-            row.update(sequence=p.sequence, length=len(p.sequence), pssm=p.percent.reshape(-1),
-                       zero_row=p.zero_row)
+            row.update(sequence=p.sequence, length=len(p.sequence),
+                       pssm=p.percent.astype(np.uint8).tobytes(), zero_row=p.zero_row.astype(np.uint8).tobytes())
         except PssmFormatError as err:
             row.update(reason=err.reason, line=err.line, detail=str(err))
         except (OSError, EOFError, UnicodeDecodeError) as err:
@@ -115,12 +116,13 @@ def convert_pssm(inputs: list[str], out: str | Path, sequences: str | Path | Non
         return shards.write_manifest(
             out, kind="pssm", rows=table.num_rows, residues=int(pc.sum(table["length"]).as_py() or 0),
             sources=files, rejected=Counter(r["reason"] for r in rejects), input_records=len(files),
-            zero_rows=int(pc.sum(pc.list_flatten(table["zero_row"]).cast(pa.int64())).as_py() or 0),
+            zero_rows=int(shards.residue_arrays(table["zero_row"], np.uint8)[0].sum()),
             column_order="ARNDCQEGHILKMFPSTWYV")
     return _join(good, rejects, files, sequences, out)
 
 
 def _join(good: pa.Table, rejects: list[dict], files: list[str], seqdir, out) -> dict:
+    shards.check_schema(seqdir)
     seq = shards.read_table(seqdir)
     if "tokens" not in seq.column_names:
         raise DataPrepError(f"{seqdir}: not a sequence shard directory (no tokens column)")

@@ -1,6 +1,13 @@
 """Reading and writing shard directories (layout in docs/contracts.md).
 
 OUT/data/part-*.parquet, OUT/rejects/part-*.parquet and OUT/manifest.json.
+
+Schema version 2: per-residue columns are `binary`, one fixed-width value per residue (tokens and
+PSSM percentages uint8, labels int8), built by `pack_residues` and read by `residue_arrays`.
+Parquet stores a binary cell as one length-prefixed byte run, where list<uint8> cost a 4-byte
+INT32 value plus repetition levels per residue (the FASTA ingest spent most of its time there).
+Data files are written in row groups of `ROW_GROUP_ROWS` rows: the training engine reads and
+assigns shards by row group, so groups must be small and many.
 """
 from __future__ import annotations
 
@@ -14,9 +21,14 @@ import pyarrow.parquet as pq
 
 from engine.sources import residue_arrays  # noqa: F401  (the one decoder of per-residue columns)
 
+from .errors import DataPrepError
 from .vocab import vocab_hash
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+ROW_GROUP_ROWS = 512
+# lz4: cheap to write and read; sequences and tokens barely compress with it, ids and text do.
+# Dictionaries and statistics do not pay for unique ids and binary cells.
+PARQUET_OPTIONS = dict(compression="lz4", use_dictionary=False, write_statistics=False)
 REJECT_SCHEMA = pa.schema([
     ("source", pa.string()),
     ("record_index", pa.int64()),
@@ -53,8 +65,59 @@ def read_manifest(out: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def write_table_shards(table: pa.Table, out_dir: Path, rows_per_shard: int, prefix: str = "part") -> list[Path]:
-    """Split `table` into parquet files of at most `rows_per_shard` rows; always writes >= 1 file."""
+def check_schema(out: str | Path) -> dict:
+    """The manifest of shard directory `out`, or one-line DataPrepError if it is missing or was
+    written in another schema version (old list<...> columns would be misread as bytes)."""
+    try:
+        manifest = read_manifest(out)
+    except FileNotFoundError as err:
+        raise DataPrepError(str(err)) from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        old = " (list columns)" if version == 1 else ""
+        rerun = "python -m finetune embed" if manifest.get("kind") == "embeddings" else "python -m data_prep"
+        raise DataPrepError(f"{out}: shards are schema_version {version}{old}; this code reads version "
+                            f"{SCHEMA_VERSION} (binary per-residue columns): re-run the {rerun} command "
+                            "that made them")
+    return manifest
+
+
+def pack_residues(arrays, dtype=np.uint8) -> pa.BinaryArray:
+    """Per-row arrays (None = null row) -> one binary column, each cell the row's values as `dtype`
+    bytes: the only way writers and tests build per-residue columns (`residue_arrays` reads them)."""
+    arrays = list(arrays)
+    valid = np.array([a is not None for a in arrays], bool)
+    parts = [np.ascontiguousarray(a, dtype=dtype).reshape(-1) for a in arrays if a is not None]
+    sizes = np.zeros(len(arrays), np.int64)
+    sizes[valid] = [p.nbytes for p in parts]
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.concatenate(parts).view(np.uint8) if parts else np.zeros(0, np.uint8)
+    return binary_array(data, offsets, None if valid.all() else valid)
+
+
+def binary_array(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None = None,
+                 arrow_type=pa.binary()) -> pa.Array:
+    """Binary (or string) array of n = len(offsets)-1 cells over one byte buffer: cell i is
+    data[offsets[i]:offsets[i+1]] (no copy of `data`); `valid` False marks null cells."""
+    n = len(offsets) - 1
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"{offsets[-1]} bytes do not fit one binary array (2 GiB); write smaller batches")
+    mask = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(arrow_type, n, [mask, pa.py_buffer(offsets.astype(np.int32)),
+                                           pa.py_buffer(np.ascontiguousarray(data))],
+                                 null_count=-1 if valid is not None else 0)
+
+
+def write_parquet(table: pa.Table, path: str | Path, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+    """One data file: the project's Parquet options, row groups of at most `row_group_rows`."""
+    pq.write_table(table, path, row_group_size=row_group_rows, **PARQUET_OPTIONS)
+
+
+def write_table_shards(table: pa.Table, out_dir: Path, rows_per_shard: int, prefix: str = "part",
+                       row_group_rows: int = ROW_GROUP_ROWS) -> list[Path]:
+    """Split `table` into parquet files of at most `rows_per_shard` rows (row groups of at most
+    `row_group_rows`); always writes >= 1 file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob(f"{prefix}-*.parquet"):
         old.unlink()
@@ -62,7 +125,7 @@ def write_table_shards(table: pa.Table, out_dir: Path, rows_per_shard: int, pref
     n = max(table.num_rows, 1)
     for i, start in enumerate(range(0, n, rows_per_shard)):
         path = out_dir / f"{prefix}-{i:05d}.parquet"
-        pq.write_table(table.slice(start, rows_per_shard), path)
+        write_parquet(table.slice(start, rows_per_shard), path, row_group_rows)
         paths.append(path)
     return paths
 

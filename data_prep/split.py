@@ -59,10 +59,11 @@ def split_homologs(train: str | Path, evals: list[str], out: str | Path, min_ide
     if not 0 < min_identity <= 1 or not 0 < coverage <= 1:
         raise DataPrepError(f"split: --min-identity and --coverage must be in (0, 1], got {min_identity}, {coverage}")
     require("mmseqs")
+    kind = shards.check_schema(train).get("kind", "sequences")
     table = shards.read_table(train)
-    kind = shards.read_manifest(train).get("kind", "sequences")
     eval_ids, eval_seqs, eval_src = [], [], []
     for e in evals:
+        shards.check_schema(e)
         t = shards.read_table(e, columns=["id", "sequence"])
         eval_ids += t["id"].to_pylist()
         eval_seqs += t["sequence"].to_pylist()

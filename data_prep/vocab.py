@@ -72,6 +72,10 @@ def _byte_table() -> np.ndarray:
 
 
 BYTE_TO_ID = _byte_table()
+# The inverse for residue ids (upper-case letter); any other id maps to '?'. Lets bulk code turn
+# token bytes back into the sequence text with one table lookup.
+ID_TO_BYTE = np.full(256, ord("?"), dtype=np.uint8)
+ID_TO_BYTE[[VOCAB[ch] for ch in RESIDUES]] = np.frombuffer(RESIDUES.encode(), np.uint8)
 
 
 def encode(seq: str | bytes) -> np.ndarray:

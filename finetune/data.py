@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from data_prep.shards import data_files, read_manifest
+from data_prep.errors import DataPrepError
+from data_prep.shards import check_schema, data_files, residue_arrays
 
 from .errors import FinetuneError
 
@@ -50,9 +51,9 @@ def load_embeddings(path: str | Path, with_residues: bool = True) -> EmbeddingSe
     """Read an embedding shard dir written by `python -m finetune embed`."""
     path = Path(path)
     try:
-        manifest = read_manifest(path)
+        manifest = check_schema(path)
         files = data_files(path)
-    except FileNotFoundError as err:
+    except (DataPrepError, FileNotFoundError) as err:
         raise FinetuneError(str(err)) from None
     if manifest.get("kind") != "embeddings":
         raise FinetuneError(f"{path}/manifest.json: key kind={manifest.get('kind')!r}, expected 'embeddings' "
@@ -77,14 +78,14 @@ def load_embeddings(path: str | Path, with_residues: bool = True) -> EmbeddingSe
         for name in table.column_names:
             if name in ("id", "length", "embedding", "pooled"):
                 continue
-            values = table.column(name).to_pylist()
-            if name in PROTEIN_LABELS:
-                labels.setdefault(name, []).extend(values)
-            elif name in RESIDUE_LABELS:
+            if name in RESIDUE_LABELS:  # binary cells, one int8 per residue (-1 unknown)
+                flat, offsets, valid = residue_arrays(table.column(name), np.int8)
                 residue_labels.setdefault(name, []).extend(
-                    None if v is None else np.asarray(v, dtype=np.int8) for v in values)
+                    flat[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(table.num_rows))
+            elif name in PROTEIN_LABELS:
+                labels.setdefault(name, []).extend(table.column(name).to_pylist())
             else:
-                meta.setdefault(name, []).extend(values)
+                meta.setdefault(name, []).extend(table.column(name).to_pylist())
     return EmbeddingSet(
         ids=ids, lengths=np.concatenate(lengths), residues=residues, pooled=np.concatenate(pooled),
         labels={k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from data_prep.shards import data_files, read_manifest, write_manifest
+from data_prep.errors import DataPrepError
+from data_prep.shards import check_schema, data_files, residue_arrays, write_manifest
 from data_prep.vocab import PAD_ID
 from engine.ray_env import ensure_ray
 
@@ -123,7 +124,8 @@ def embed_table(batcher: BatchEmbedder, table: pa.Table) -> pa.Table:
     """Input shard rows (with `tokens`) -> embedding rows (labels carried through)."""
     if "tokens" not in table.column_names:
         raise FinetuneError("input shards have no `tokens` column (use a data_prep output)")
-    token_arrays = [np.asarray(t, dtype=np.uint8) for t in table.column("tokens").to_numpy(zero_copy_only=False)]
+    flat, offsets, _ = residue_arrays(table.column("tokens"), np.uint8)
+    token_arrays = [flat[offsets[i]:offsets[i + 1]] for i in range(table.num_rows)]
     if any(len(t) == 0 for t in token_arrays):
         raise FinetuneError("input shards contain an empty sequence (data_prep should have rejected it)")
     outputs, chunked = batcher.embed(token_arrays)
@@ -237,9 +239,9 @@ def run_embed(model: str, data_dir: str | Path, out: str | Path, cfg: EmbedConfi
     cfg = cfg or EmbedConfig()
     data_dir, out = Path(data_dir), Path(out)
     try:
-        source = read_manifest(data_dir)
+        source = check_schema(data_dir)
         schema = pq.read_schema(data_files(data_dir)[0])
-    except FileNotFoundError as err:
+    except (DataPrepError, FileNotFoundError) as err:
         raise FinetuneError(str(err)) from None
     columns = [c for c in schema.names if c not in DROPPED_COLUMNS or c == "tokens"]
     dim = load_embedder(model, "cpu").dim if model == "onehot" else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -89,7 +90,9 @@ def test_every_bad_input_kind_is_a_reject_with_its_reason(tmp_path, ray_session)
     rows = shards.read_table(tmp_path / "out").to_pylist()
     assert [(r["id"], r["sequence"], r["length"]) for r in rows] == [
         ("ok1", "MKVLA", 5), ("stop1", "MKVLA", 5), ("low1", "MKVLA", 5)]
-    assert rows[0]["tokens"] == [15, 13, 22, 14, 5] == vocab.encode("MKVLA").tolist() and rows[0]["description"] == "a fine one"
+    flat, offsets, _ = shards.residue_arrays(shards.read_table(tmp_path / "out")["tokens"], np.uint8)
+    assert flat[offsets[0]:offsets[1]].tolist() == [15, 13, 22, 14, 5] == vocab.encode("MKVLA").tolist()
+    assert offsets.tolist() == [0, 5, 10, 15] and rows[0]["description"] == "a fine one"
     assert m["input_records"] == 13 == m["rows"] + sum(m["rejected"].values())
     assert m["stripped_trailing_stops"] == 1 and m["rejected"]["digits"] == 1
 
@@ -149,7 +152,11 @@ def test_shards_load_with_datasets_and_ray_data(shared_data, tmp_path, ray_sessi
     rd = ray_session.data.read_parquet(str(tmp_path / "dl" / "data"))
     assert rd.count() == 2768
     row = rd.filter(lambda r: r["id"] == "Q9H400").take(1)[0]
-    assert list(row["tokens"]) == hf[0]["tokens"]
+    assert row["tokens"] == hf[0]["tokens"] == vocab.encode(hf[0]["sequence"]).tobytes()
+    # Row groups of at most ROW_GROUP_ROWS rows: the unit the training engine streams.
+    groups = [pq.ParquetFile(f).metadata.row_group(g).num_rows for f in files
+              for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    assert sum(groups) == 2768 and max(groups) == shards.ROW_GROUP_ROWS == 512 and len(groups) == 2 + 2 + 2
 
 
 def test_accounting_invariant_is_enforced(tmp_path):
@@ -157,3 +164,52 @@ def test_accounting_invariant_is_enforced(tmp_path):
         shards.write_manifest(tmp_path, kind="sequences", rows=3, residues=10, sources=[], rejected={"digits": 1},
                               input_records=5)
     assert pa.Table.from_pylist([], schema=shards.REJECT_SCHEMA).num_rows == 0
+
+
+def test_parsed_tokens_equal_the_tokenizer_on_every_symbol():
+    """The block parser's table path (translate to ids, ids back to letters) gives exactly the
+    `tokenizers` ids and the upper-cased text, for every symbol in both cases."""
+    rng = np.random.default_rng(1)
+    symbols = vocab.RESIDUES + vocab.RESIDUES.lower()
+    seqs = ["".join(rng.choice(list(symbols), int(n))) for n in rng.integers(1, 200, 300)]
+    seqs[0] = symbols
+    text = "".join(f">p{i} d\n" + "\n".join(s[j:j + 60] for j in range(0, len(s), 60)) + "\n"
+                   for i, s in enumerate(seqs))
+    block = parse_block(text.encode())
+    flat, offsets, valid = shards.residue_arrays(block.table["tokens"], np.uint8)
+    tok = vocab.build_tokenizer()
+    assert valid.all() and block.table["sequence"].to_pylist() == [s.upper() for s in seqs]
+    for i, s in enumerate(seqs):
+        assert flat[offsets[i]:offsets[i + 1]].tolist() == tok.encode(s, add_special_tokens=False).ids, i
+
+
+def test_pack_residues_round_trip_and_old_schema_is_one_clear_error(tmp_path):
+    rows = [np.array([1, -1, 2], np.int8), None, np.zeros(0, np.int8), np.array([-1], np.int8)]
+    col = shards.pack_residues(rows, np.int8)
+    assert col.type == pa.binary() and col.null_count == 1
+    flat, offsets, valid = shards.residue_arrays(col, np.int8)
+    assert flat.tolist() == [1, -1, 2, -1] and offsets.tolist() == [0, 3, 3, 3, 4]
+    assert valid.tolist() == [True, False, True, True]
+    pssm = shards.pack_residues([np.arange(40, dtype=np.uint8).reshape(2, 20)], np.uint8)
+    flat, offsets, _ = shards.residue_arrays(pssm, np.uint8)
+    assert offsets.tolist() == [0, 40] and flat.reshape(-1, 20)[1, 0] == 20
+    # A directory written before schema version 2 (list columns): one line naming it, and the
+    # data_prep readers refuse it instead of misreading list cells.
+    old = tmp_path / "old"
+    shards.write_table_shards(pa.table({"id": ["a"], "length": pa.array([1], pa.int32()),
+                                        "tokens": pa.array([[5]], pa.list_(pa.uint8()))}), old / "data", 10)
+    shards.write_rejects([], old)
+    shards.write_manifest(old, kind="sequences", rows=1, residues=1, sources=[], rejected={}, input_records=1)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert manifest["schema_version"] == shards.SCHEMA_VERSION == 2
+    (old / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 1}))
+    expected = (rf"^{re.escape(str(old))}: shards are schema_version 1 \(list columns\); this code reads version 2 "
+                r"\(binary per-residue columns\): re-run the python -m data_prep command that made them$")
+    with pytest.raises(DataPrepError, match=expected):
+        shards.check_schema(old)
+    from data_prep.merge import merge
+
+    with pytest.raises(DataPrepError, match=expected):
+        merge([str(old)], tmp_path / "merged")
+    with pytest.raises(DataPrepError, match=r"missing manifest"):
+        shards.check_schema(tmp_path / "nothing")

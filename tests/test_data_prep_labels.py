@@ -9,6 +9,12 @@ from data_prep.labels import LOCATIONS, labels_deeploc, labels_flip, labels_nets
 from data_prep.merge import merge
 
 
+def _residues(table, column):
+    """Per-row int8 label arrays of a binary per-residue column (None where null)."""
+    flat, offsets, valid = shards.residue_arrays(table[column], np.int8)
+    return [flat[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(table.num_rows)]
+
+
 def test_deeploc_files(shared_data, tmp_path):
     d = shared_data / "deeploc"
     val = labels_deeploc([str(d / "deeploc_our_val_set.fasta")], tmp_path / "val")
@@ -45,9 +51,11 @@ def test_flip(shared_data, tmp_path):
     t = shards.read_table(tmp_path / "all")
     r = t.slice(0, 1).to_pylist()[0]
     assert r["id"] == "1es5-A" and r["ss8"] is None and r["dataset"] == "flip"
+    first = {c: _residues(t.slice(0, 1), c)[0] for c in ("ss3", "disorder", "eval_mask")}
     # mask 0 (disordered) at positions 0-1 of 1es5-A: disorder 1, ss3 -1, not evaluated
-    assert r["disorder"][:3] == [1, 1, 0] and r["ss3"][:3] == [-1, -1, 2] and r["eval_mask"][:3] == [0, 0, 1]
-    assert len(r["ss3"]) == r["length"] == len(r["tokens"])
+    assert first["disorder"][:3].tolist() == [1, 1, 0] and first["ss3"][:3].tolist() == [-1, -1, 2]
+    assert first["eval_mask"][:3].tolist() == [0, 0, 1]
+    assert len(first["ss3"]) == r["length"] == len(r["tokens"])
     tr = labels_flip(flip, tmp_path / "train", splits={"train", "valid"})
     assert tr["rows"] == 10792 and tr["rejected"] == {"split_not_selected": 364}
     assert set(shards.read_table(tmp_path / "train", ["split"])["split"].to_pylist()) == {"train", "valid"}
@@ -59,12 +67,12 @@ def test_netsurfp_and_merge(shared_data, tmp_path):
                         tmp_path / "ns")
     assert m["datasets"] == {"cb513": 511, "ts115": 115, "casp12": 20} and m["rows"] == 646
     t = shards.read_table(tmp_path / "ns")
-    casp = [r for r in t.to_pylist() if r["dataset"] == "casp12"][0]
+    i = t["dataset"].to_pylist().index("casp12")
+    casp = t.slice(i, 1).to_pylist()[0]
     assert casp["id"] == "casp12_0" and casp["sequence"].startswith("SLRFTASTST") and casp["split"] == "test"
     # disorder 1.0 = ordered: the file's 0.0 entries are the disordered ones (at the termini)
-    assert casp["disorder"][0] == 1 and casp["ss3"][0] == -1 and casp["ss8"][0] == -1
-    dis = np.concatenate([np.array(r["disorder"]) for r in t.to_pylist()])
-    assert dis.sum() == 797 + 2203 + 3525
+    assert [_residues(t, c)[i][0] for c in ("disorder", "ss3", "ss8")] == [1, -1, -1]
+    assert shards.residue_arrays(t["disorder"], np.int8)[0].sum() == 797 + 2203 + 3525
     labels_flip(shared_data / "secondary_structure" / "flip", tmp_path / "flip_test", splits={"test"})
     mm = merge([str(tmp_path / "flip_test"), str(tmp_path / "ns")], tmp_path / "ss_test")
     assert mm["rows"] == 364 + 646 and mm["input_records"] == 11156 + 646

@@ -69,8 +69,16 @@ def test_real_pssm_directory_to_shards(shared_data, tmp_path, ray_session):
     m = convert_pssm([str(shared_data / "pssm")], tmp_path / "p")
     assert m["rows"] == 635 == m["input_records"] and m["residues"] == 528045 and m["zero_rows"] == 123
     t = shards.read_table(tmp_path / "p")
-    assert t.schema.field("pssm").type.value_type == pa.uint8()
+    assert t.schema.field("pssm").type == pa.binary() == t.schema.field("zero_row").type
     assert sorted(t["id"].to_pylist())[:2] == ["A1X283", "A5YM72"]
+    # Lossless: the stored bytes are the parser's percentages, row-major, PSI-BLAST column order.
+    pssm, p_off, _ = shards.residue_arrays(t["pssm"], np.uint8)
+    zero, z_off, _ = shards.residue_arrays(t["zero_row"], np.uint8)
+    assert zero.sum() == 123 and (np.diff(p_off) == 20 * np.diff(z_off)).all()
+    i = t["id"].to_pylist().index("P06702")
+    ref = parse_pssm((shared_data / "pssm" / "P06702.fasta.pssm").read_bytes())
+    assert np.array_equal(pssm[p_off[i]:p_off[i + 1]].reshape(-1, 20), ref.percent)
+    assert np.array_equal(zero[z_off[i]:z_off[i + 1]], ref.zero_row)
 
 
 def test_join_to_sequences_and_residue_mismatch(tmp_path, ray_session):

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_prep.shards import read_manifest, read_table, write_manifest, write_rejects, write_table_shards
+from data_prep.shards import (pack_residues, read_manifest, read_table, residue_arrays, write_manifest, write_rejects,
+                              write_table_shards)
 from data_prep.vocab import encode
 
 LOCATIONS = ("Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Golgi.apparatus", "Lysosome/Vacuole",
@@ -32,7 +33,15 @@ def read_fasta(path: Path) -> list[tuple[str, str]]:
 
 
 def _write(rows: list[dict], out: Path, kind: str, sources: list[str], schema: pa.Schema, **extra) -> Path:
-    table = pa.Table.from_pylist(rows, schema=schema)
+    """Rows hold per-residue columns as numpy arrays (or None); they are packed as binary cells."""
+    columns = {}
+    for f in schema:
+        values = [r[f.name] for r in rows]
+        if f.name in RESIDUE_DTYPES:
+            columns[f.name] = pack_residues(values, RESIDUE_DTYPES[f.name])
+        else:
+            columns[f.name] = pa.array(values, f.type)
+    table = pa.table(columns, schema=schema)
     write_table_shards(table, out / "data", rows_per_shard=1000)
     write_rejects([], out)
     write_manifest(out, kind=kind, rows=len(rows), residues=int(sum(r["length"] for r in rows)),
@@ -40,8 +49,10 @@ def _write(rows: list[dict], out: Path, kind: str, sources: list[str], schema: p
     return out
 
 
+# Per-residue columns (docs/contracts.md, schema version 2): binary cells of these dtypes.
+RESIDUE_DTYPES = {"tokens": np.uint8, "ss3": np.int8, "ss8": np.int8, "disorder": np.int8, "eval_mask": np.int8}
 DEEPLOC_SCHEMA = pa.schema([("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
-                            ("tokens", pa.list_(pa.uint8())), ("location", pa.string()), ("location_id", pa.int8()),
+                            ("tokens", pa.binary()), ("location", pa.string()), ("location_id", pa.int8()),
                             ("membrane", pa.string()), ("membrane_id", pa.int8()), ("split", pa.string())])
 
 
@@ -51,7 +62,7 @@ def deeploc_shards(fasta: Path, out: Path, limit: int | None = None, stride: int
     for header, seq in read_fasta(fasta)[::stride][:limit]:
         words = header.split()
         location, membrane = words[1].rsplit("-", 1)
-        rows.append({"id": words[0], "sequence": seq, "length": len(seq), "tokens": encode(seq).tolist(),
+        rows.append({"id": words[0], "sequence": seq, "length": len(seq), "tokens": encode(seq),
                      "location": location, "location_id": LOCATIONS.index(location) if location in LOCATIONS else -1,
                      "membrane": membrane, "membrane_id": {"M": 1, "S": 0}.get(membrane, -1),
                      "split": "test" if "test" in words[2:] else "train"})
@@ -59,9 +70,9 @@ def deeploc_shards(fasta: Path, out: Path, limit: int | None = None, stride: int
 
 
 SS_SCHEMA = pa.schema([("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
-                       ("tokens", pa.list_(pa.uint8())), ("dataset", pa.string()), ("split", pa.string()),
-                       ("ss3", pa.list_(pa.int8())), ("ss8", pa.list_(pa.int8())),
-                       ("disorder", pa.list_(pa.int8())), ("eval_mask", pa.list_(pa.int8()))])
+                       ("tokens", pa.binary()), ("dataset", pa.string()), ("split", pa.string()),
+                       ("ss3", pa.binary()), ("ss8", pa.binary()), ("disorder", pa.binary()),
+                       ("eval_mask", pa.binary())])
 
 
 def flip_shards(flip_dir: Path, out: Path, splits: tuple[str, ...], limit: int | None = None) -> Path:
@@ -78,9 +89,9 @@ def flip_shards(flip_dir: Path, out: Path, splits: tuple[str, ...], limit: int |
         mask = np.frombuffer(masks[pid].encode(), np.uint8) - ord("0")
         ss3 = np.array(["HEC".index(c) for c in labels], np.int8)
         ss3[mask == 0] = -1
-        rows.append({"id": pid, "sequence": seqs[pid], "length": len(labels), "tokens": encode(seqs[pid]).tolist(),
-                     "dataset": "flip", "split": split, "ss3": ss3.tolist(), "ss8": None,
-                     "disorder": (1 - mask).astype(np.int8).tolist(), "eval_mask": mask.astype(np.int8).tolist()})
+        rows.append({"id": pid, "sequence": seqs[pid], "length": len(labels), "tokens": encode(seqs[pid]),
+                     "dataset": "flip", "split": split, "ss3": ss3, "ss8": None,
+                     "disorder": (1 - mask).astype(np.int8), "eval_mask": mask.astype(np.int8)})
         if limit and len(rows) >= limit:
             break
     return _write(rows, out, "ss", [str(flip_dir)], SS_SCHEMA)
@@ -97,8 +108,10 @@ def test_flip_helper_labels(shared_data, tmp_path):
     out = flip_shards(shared_data / "secondary_structure" / "flip", tmp_path / "ss", ("test",))
     table = read_table(out)
     assert table.num_rows == 364
-    ss3 = np.concatenate(table.column("ss3").to_numpy(zero_copy_only=False))
+    ss3, offsets, valid = residue_arrays(table.column("ss3"), np.int8)
     assert set(np.unique(ss3)) <= {-1, 0, 1, 2} and (ss3 == 0).mean() > 0.2
+    assert valid.all() and (np.diff(offsets) == table.column("length").to_numpy()).all()
+    assert table.column("ss8").null_count == 364
 
 
 def test_helper_agrees_with_data_prep_labels(shared_data, tmp_path):

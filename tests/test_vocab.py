@@ -47,6 +47,9 @@ def test_fast_encoder_equals_tokenizer_on_every_byte():
     for ch in vocab.RESIDUES:
         assert vocab.encode(ch)[0] == vocab.encode(ch.lower())[0] == vocab.VOCAB[ch]
         assert tok.encode(ch.lower(), add_special_tokens=False).ids == [vocab.VOCAB[ch]]
+        # the bulk parser's way back from ids to the (upper-case) sequence text
+        assert chr(vocab.ID_TO_BYTE[vocab.VOCAB[ch]]) == ch
+    assert set(vocab.ID_TO_BYTE[list(range(vocab.FIRST_RESIDUE_ID)) + list(range(vocab.VOCAB_SIZE, 256))]) == {ord("?")}
 
 
 def test_bulk_string_equals_tokenizer():
