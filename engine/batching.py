@@ -1,23 +1,19 @@
-"""Length-bucketed, residue-budget batches with the same number of batches on every rank.
+"""Length-bucketed, residue-budget batches.
 
 The SeqVec recipe: proteins of similar length go together, and a batch holds as many proteins as
 fit a residue budget (padded positions = longest piece x proteins <= budget), so short proteins
 come in big batches and long ones in small batches, with little padding.
 
-Steps:
+Steps (engine.epoch plans an epoch with them, one window of row groups at a time):
 1. `make_pieces`: proteins longer than `max_length` become pieces ("window": consecutive,
    near-equal windows covering every residue; "crop": one random window per epoch). Nothing is
    dropped silently: the counts are in `PieceStats`.
-2. `plan_batches`: pieces are grouped into geometric length buckets (width `bucket_ratio`),
-   shuffled inside each bucket, packed greedily under the budget, and the batch order shuffled.
-3. `rank_batches`: the global list (identical on every rank: same seed, same lengths) is split
-   round-robin; when it does not divide evenly, the first batches are repeated so that every rank
-   gets exactly ceil(n / world) batches (unequal step counts would hang collective ops).
+2. `pack_batches`: pieces of similar length (within `bucket_ratio`, randomly mixed) are packed
+   greedily under the budget, and the batch order shuffled.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,33 +34,9 @@ class PieceStats:
     cropped_residues: int = 0  # residues not seen this epoch because of "crop"
     skipped_short: int = 0  # proteins shorter than min_length (counted, not trained)
 
-
-@dataclass
-class Batch:
-    rows: np.ndarray  # dataset row of each piece
-    starts: np.ndarray  # first residue of each piece
-    lengths: np.ndarray  # residues of each piece
-    repeated: bool = False  # a filler batch so that all ranks have the same count
-
-    @property
-    def residues(self) -> int:
-        return int(self.lengths.sum())
-
-    @property
-    def padded(self) -> int:
-        return int(self.lengths.max()) * len(self.lengths)
-
-
-@dataclass
-class EpochPlan:
-    batches: list[Batch]  # this rank's batches, in order
-    global_batches: int  # batches of all ranks before equalising
-    stats: PieceStats = field(default_factory=PieceStats)
-
-    @property
-    def padding_efficiency(self) -> float:
-        real = sum(b.residues for b in self.batches)
-        return real / max(1, sum(b.padded for b in self.batches))
+    def add(self, other: "PieceStats") -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 def make_pieces(lengths: np.ndarray, max_length: int, mode: str = "window", min_length: int = 1,
@@ -98,49 +70,33 @@ def make_pieces(lengths: np.ndarray, max_length: int, mode: str = "window", min_
     return pieces, stats
 
 
-def plan_batches(lengths: np.ndarray, residues_per_batch: int, max_batch_size: int,
+def pack_batches(lengths: np.ndarray, residues_per_batch: int, max_batch_size: int,
                  bucket_ratio: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Indices into `lengths`, grouped into batches whose padded size fits the budget."""
+    """Indices into `lengths`, grouped into batches whose padded size fits the budget, in random order.
+
+    Pieces are sorted by a noisy length (the length times a random factor in [1, bucket_ratio)), so
+    pieces within that factor of each other mix randomly, and cut greedily: a batch grows while
+    (pieces) x (largest noisy length) <= budget and pieces <= max_batch_size. The noisy length
+    bounds the real one, so the budget always holds. Vectorised: one search gives every start
+    its greedy end; only the walk over batch starts is a Python loop."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    if len(lengths) == 0:
+    n = len(lengths)
+    if n == 0:
         return []
     if lengths.max() > residues_per_batch:
         raise ValueError(f"a piece of {lengths.max()} residues exceeds the budget {residues_per_batch}")
-    bucket = np.floor(np.log(np.maximum(lengths, 1)) / math.log(bucket_ratio)).astype(np.int64)
-    order = rng.permutation(len(lengths))
-    order = order[np.argsort(bucket[order], kind="stable")]  # buckets ascending, random inside
-    batches, current, longest = [], [], 0
-    for idx in order:
-        n_len = max(longest, int(lengths[idx]))
-        if current and (n_len * (len(current) + 1) > residues_per_batch or len(current) >= max_batch_size):
-            batches.append(np.asarray(current))
-            current, n_len = [], int(lengths[idx])
-        current.append(idx)
-        longest = n_len
-    batches.append(np.asarray(current))
+    key = lengths * bucket_ratio ** rng.random(n)
+    order = np.argsort(key, kind="stable")
+    capacity = np.clip(np.floor(residues_per_batch / key[order]), 1, max_batch_size).astype(np.int64)
+    # A batch [i, j) fits iff i >= j - capacity[j-1]; that bound rises strictly with j, so the
+    # greedy end for start i is the number of j whose bound is <= i.
+    ends = np.searchsorted(np.arange(1, n + 1) - capacity, np.arange(n), side="right").tolist()
+    cuts, i = [0], 0
+    while i < n:
+        i = ends[i]
+        cuts.append(i)
+    batches = np.split(order, cuts[1:-1])
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def rank_batches(batches: list, rank: int, world: int) -> tuple[list, list[bool]]:
-    """This rank's share, padded by repeating early batches so every rank gets the same count."""
-    if not batches:
-        return [], []
-    per_rank = -(-len(batches) // world)
-    padded = [batches[i % len(batches)] for i in range(per_rank * world)]
-    repeated = [i >= len(batches) for i in range(per_rank * world)]
-    return padded[rank::world], repeated[rank::world]
-
-
-def epoch_plan(lengths: np.ndarray, *, residues_per_batch: int, max_batch_size: int, max_length: int,
-               long_proteins: str = "window", bucket_ratio: float = 1.05, min_length: int = 1,
-               seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1) -> EpochPlan:
-    """The batches of one epoch for one rank; identical inputs give identical plans on all ranks."""
-    rng = np.random.default_rng([seed, epoch])
-    pieces, stats = make_pieces(lengths, max_length, long_proteins, min_length, rng)
-    groups = plan_batches(pieces.lengths, residues_per_batch, max_batch_size, bucket_ratio, rng)
-    mine, repeated = rank_batches(groups, rank, world)
-    batches = [Batch(pieces.rows[g], pieces.starts[g], pieces.lengths[g], rep) for g, rep in zip(mine, repeated)]
-    return EpochPlan(batches, len(groups), stats)
 
 
 def pad_stack(arrays: list[np.ndarray], pad_value=0, length: int | None = None, dtype=None) -> np.ndarray:

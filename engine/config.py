@@ -27,15 +27,20 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    train: str = ""  # shard directory (data_prep output) with the training rows
-    valid: str = ""  # optional shard directory evaluated every `train.eval_every` steps ("" = none)
+    train: str = ""  # shard directory or URI (s3://, gs://) with the training rows (a task may declare other sources)
+    valid: str = ""  # optional shard directory or URI evaluated every `train.eval_every` steps ("" = none)
     residues_per_batch: int = 8192  # residue budget per micro-batch: padded positions <= this
     max_batch_size: int = 256  # cap on proteins per micro-batch
     max_length: int = 512  # longer proteins are cropped or windowed to this many residues
     long_proteins: Literal["window", "crop"] = "window"  # window: split into consecutive pieces (all residues train); crop: one random piece per epoch
-    bucket_ratio: float = 1.05  # length buckets grow geometrically by this factor (smaller = less padding, less shuffling)
+    bucket_ratio: float = 1.05  # pieces whose lengths are within this factor are shuffled together (smaller = less padding, less mixing)
     min_length: int = 1  # proteins shorter than this are skipped (and counted)
-    limit: int = 0  # use only the first N rows (0 = all); for smoke tests
+    limit: int = 0  # use only the first N rows of each source (0 = all); for smoke tests
+    window_chunks: int = 8  # row groups read and length-packed together (bigger = better length grouping, more memory per read task)
+    read_tasks: int = 2  # Ray Data tasks reading windows at once, per training worker
+    read_cpus: float = 0.5  # CPUs each read task reserves (a local Ray adds read_tasks x read_cpus per worker)
+    buffer_mb: int = 256  # object-store memory for finished batches, per training worker
+    prefetch_batches: int = 4  # batches a training worker fetches ahead
 
 
 @dataclass
@@ -144,6 +149,11 @@ def check_engine_values(cfg: ExperimentConfig, source: str = "<config>") -> None
         ("data.max_length", cfg.data.max_length >= 2, "must be >= 2"),
         ("data.max_batch_size", cfg.data.max_batch_size >= 1, "must be >= 1"),
         ("data.bucket_ratio", cfg.data.bucket_ratio > 1.0, "must be > 1"),
+        ("data.window_chunks", cfg.data.window_chunks >= 1, "must be >= 1"),
+        ("data.read_tasks", cfg.data.read_tasks >= 1, "must be >= 1"),
+        ("data.read_cpus", cfg.data.read_cpus >= 0, "must be >= 0"),
+        ("data.buffer_mb", cfg.data.buffer_mb >= 1, "must be >= 1"),
+        ("data.prefetch_batches", cfg.data.prefetch_batches >= 0, "must be >= 0"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),
         ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "must be in [0, 1]"),

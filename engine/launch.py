@@ -9,6 +9,7 @@ a worker failure during the run restarts all workers from it (up to `max_failure
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def launch(task_cls, cfg: ExperimentConfig) -> dict:
 
     cfg = with_absolute_paths(cfg)
     r = cfg.ray
-    ensure_ray(r.local_num_cpus or r.num_workers * r.cpus_per_worker)
+    # a local Ray also needs CPUs for the Ray Data tasks that read each worker's batches
+    read = math.ceil(cfg.data.read_tasks * cfg.data.read_cpus)
+    ensure_ray(r.local_num_cpus or r.num_workers * (r.cpus_per_worker + read))
     storage = r.storage_path
     trainer = TorchTrainer(
         _worker_entry,

@@ -1,8 +1,12 @@
 """The per-worker training function: DeepSpeed around a task's model, fed by residue-budget batches.
 
 `train_worker(task_cls, cfg)` is what every Ray Train worker runs (engine.launch). Called in a
-plain process without Ray (`run_plain`), it makes a one-process gloo group itself and writes
-checkpoints to `<storage_path>/<name>/` directly: the same code path, for debugging.
+plain process without Ray (`run_plain`), it makes a one-process gloo group itself, reads its
+batches in-process instead of through Ray Data, and writes checkpoints to
+`<storage_path>/<name>/` directly: the same code path, for debugging.
+
+Data: each epoch the rank plans its windows of row groups (engine.epoch) and streams their
+batches (engine.stream); every rank runs the same number of batches.
 
 Step accounting: `train.max_steps` counts optimizer steps; each is `deepspeed.grad_accum_steps`
 micro-batches. Checkpoints sit on optimizer-step boundaries and record the data position (epoch,
@@ -25,9 +29,9 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .batching import epoch_plan
 from .config import ExperimentConfig, to_dict
-from .data import ShardDataset
+from .sources import Mixture
+from .stream import Feed
 from .tracking import Tracker, git_commit
 
 
@@ -150,8 +154,11 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
         print(f"[engine] {task.kind}: {ctx.world_size} worker(s), ZeRO {cfg.deepspeed.zero_stage}, "
               f"{'bf16' if bf16 else 'fp32'} on {ctx.device.type} ({torch.get_num_threads()} threads); {where}", flush=True)
 
-    data = ShardDataset(cfg.data.train, task.columns, cfg.data.limit)
-    valid = ShardDataset(cfg.data.valid, task.columns, cfg.data.limit) if cfg.data.valid else None
+    agree = _agreement(ctx)
+    feed = Feed(task.train_data(), cfg, task, rank=ctx.rank, world=ctx.world_size, agree=agree, use_ray=under_ray)
+    eval_sources = task.eval_data()
+    valid = Feed(Mixture(eval_sources), cfg, task, rank=ctx.rank, world=ctx.world_size, agree=agree,
+                 use_ray=under_ray, fillers=False) if eval_sources else None
     window = _Window()
     last: dict = {}
     micro = 0
@@ -159,32 +166,27 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
     done = state["step"] >= cfg.train.max_steps
     engine.train()
     while not done:
-        plan = epoch_plan(data.lengths, seed=seed, epoch=state["epoch"], rank=ctx.rank, world=ctx.world_size,
-                          **plan_args(cfg))
+        plan = feed.plan(state["epoch"])
         if not plan.batches:
             raise ValueError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
         if ctx.rank == 0 and state["batch_in_epoch"] == 0:
             st = plan.stats
-            print(f"[engine] epoch {state['epoch']}: {plan.global_batches} batches, {len(plan.batches)} per rank, "
-                  f"{st.proteins} proteins -> {st.pieces} pieces ({st.long_proteins} longer than "
+            print(f"[engine] epoch {state['epoch']}: {plan.batches} batches per rank ({plan.own_batches} on rank 0 "
+                  f"before fillers), {st.proteins} proteins -> {st.pieces} pieces ({st.long_proteins} longer than "
                   f"{cfg.data.max_length} {'windowed' if cfg.data.long_proteins == 'window' else 'cropped'}, "
                   f"{st.skipped_short} too short), padding efficiency {plan.padding_efficiency:.3f}", flush=True)
-        first = state["batch_in_epoch"]
-        todo = plan.batches[first:]
-        if todo:
-            data.load(np.concatenate([b.rows for b in todo]))
-        for offset, batch in enumerate(todo):
-            index = first + offset
+        stream = feed.batches(plan, state["epoch"], start=state["batch_in_epoch"])
+        for ready in stream:
+            index = ready.index
             if micro % accum == 0:  # dropout depends on the step only, so resume matches
                 torch.manual_seed(hash((seed, state["step"], ctx.rank)) % 2**31)
-            rng = np.random.default_rng([seed, state["epoch"], index, ctx.rank])
-            tensors = task.collate([data.row(r) for r in batch.rows], batch.starts, batch.lengths, rng)
+            tensors = ready.tensors
             tensors = {k: v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in tensors.items()}
             loss, logs = task.loss(engine, tensors)
             engine.backward(loss)
             engine.step()
             micro += 1
-            window.add(logs, batch.residues, batch.padded)
+            window.add(logs, ready.residues, ready.padded)
             if micro % accum:
                 continue
             state["step"] += 1
@@ -213,6 +215,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+        stream.close()
     tracker.finish()
     return last
 
@@ -226,14 +229,6 @@ def _maybe_inject_failure(cfg: ExperimentConfig, ctx: WorkerContext, step: int, 
         run_dir.mkdir(parents=True, exist_ok=True)
         marker.touch()
         raise RuntimeError(f"injected failure at step {step} (train.fail_once_at_step)")
-
-
-def plan_args(cfg: ExperimentConfig) -> dict:
-    """The `epoch_plan` keyword arguments that `cfg.data` sets (benches reuse them to plan the same batches)."""
-    d = cfg.data
-    return dict(residues_per_batch=d.residues_per_batch, max_batch_size=d.max_batch_size,
-                max_length=d.max_length, long_proteins=d.long_proteins, bucket_ratio=d.bucket_ratio,
-                min_length=d.min_length)
 
 
 def scheduler_lr(engine) -> float:
@@ -271,12 +266,12 @@ class _Window:
         values = [v for n in names for v in self.sums[n]] + [self.residues, self.padded]
         t = torch.tensor(values, dtype=torch.float64)
         if ctx.world_size > 1:
-            backend_device = ctx.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-            t = t.to(backend_device)
+            t = t.to(_collective_device(ctx))
             torch.distributed.all_reduce(t)
             t = t.cpu()
         seconds = time.perf_counter() - self.start
-        means = {n: t[2 * i].item() / max(t[2 * i + 1].item(), 1e-12) for i, n in enumerate(names)}
+        # a log with nothing to count on any rank (e.g. Q8 of a set without 8-state labels) is left out
+        means = {n: t[2 * i].item() / t[2 * i + 1].item() for i, n in enumerate(names) if t[2 * i + 1].item() > 0}
         out = task.summarize(means)
         residues, padded = t[-2].item(), t[-1].item()
         out.update(residues=residues, residues_per_s=residues / max(seconds, 1e-9),
@@ -286,30 +281,43 @@ class _Window:
         return out
 
 
-def evaluate(task, engine, dataset: ShardDataset, cfg: ExperimentConfig, ctx: WorkerContext) -> dict:
-    """Mean task logs over the whole `data.valid` set (split over ranks), prefixed with 'eval_'.
+def evaluate(task, engine, feed: Feed, cfg: ExperimentConfig, ctx: WorkerContext) -> dict:
+    """Mean task logs over the whole evaluation set (split over ranks), prefixed with 'eval_'.
 
     Evaluation only: nothing here selects checkpoints or stops training, which is why a stage may
     point `data.valid` at its test sets to watch them during training (multitask does)."""
-    plan = epoch_plan(dataset.lengths, seed=cfg.train.seed, epoch=0, rank=ctx.rank, world=ctx.world_size,
-                      **plan_args(cfg))
+    plan = feed.plan(EVAL_EPOCH)
     window = _Window()
     engine.eval()
-    if plan.batches:
-        dataset.load(np.concatenate([b.rows for b in plan.batches]))
     with torch.no_grad():
-        for index, batch in enumerate(plan.batches):
-            if batch.repeated:
-                continue  # fillers exist only to equalise training steps
-            rng = np.random.default_rng([cfg.train.seed, 10**6, index, ctx.rank])
-            tensors = task.collate([dataset.row(r) for r in batch.rows], batch.starts, batch.lengths, rng)
-            tensors = {k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in tensors.items()}
+        for ready in feed.batches(plan, EVAL_EPOCH):
+            if ready.repeated:
+                continue  # another rank's rows, read only because this rank had none
+            tensors = {k: v.to(ctx.device) if torch.is_tensor(v) else v for k, v in ready.tensors.items()}
             _, logs = task.loss(engine, tensors)
-            window.add(logs, batch.residues, batch.padded)
+            window.add(logs, ready.residues, ready.padded)
     engine.train()
     reduced = window.reduce(ctx, task)
     return {f"eval_{k}": v for k, v in reduced.items()
             if k not in ("residues_per_s", "grad_norm", "padding_efficiency")}
+
+
+EVAL_EPOCH = 10**6  # the plan and rng "epoch" of evaluation passes (always the same batches)
+
+
+def _agreement(ctx: WorkerContext):
+    """`agree(values, op)`: integers reduced over ranks ("max" or "sum"), for equal step counts."""
+    def agree(values: list[int], op: str) -> list[int]:
+        if ctx.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.int64, device=_collective_device(ctx))
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+        return t.cpu().tolist()
+    return agree
+
+
+def _collective_device(ctx: WorkerContext) -> torch.device:
+    return ctx.device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _resume_dir(ctx: WorkerContext, run_dir: Path) -> Path | None:

@@ -69,6 +69,7 @@ class SourceIndex:
     first_row: np.ndarray
     rows: np.ndarray
     column_bytes: list[dict[str, int]] = field(default_factory=list)
+    picked: np.ndarray | None = None  # sorted global rows of `Source.rows` (None = all rows)
 
     @property
     def total_rows(self) -> int:
@@ -77,17 +78,17 @@ class SourceIndex:
     def selected_rows(self, chunk: int) -> np.ndarray:
         """Row numbers inside chunk `chunk` that this source uses (all of them unless `Source.rows`)."""
         n = int(self.rows[chunk])
-        if self.source.rows is None:
+        if self.picked is None:
             return np.arange(n)
         lo = int(self.first_row[chunk])
-        sel = self._sorted_rows
+        sel = self.picked
         return sel[np.searchsorted(sel, lo):np.searchsorted(sel, lo + n)] - lo
 
     def selected_counts(self) -> np.ndarray:
         """Rows used per chunk."""
-        if self.source.rows is None:
+        if self.picked is None:
             return self.rows.copy()
-        sel = self._sorted_rows
+        sel = self.picked
         return np.searchsorted(sel, self.first_row + self.rows) - np.searchsorted(sel, self.first_row)
 
     def read(self, chunk: int, columns: list[str], cache: dict | None = None) -> pa.Table:
@@ -145,11 +146,11 @@ def open_source(source: Source, limit: int = 0) -> SourceIndex:
                             np.minimum(rows[keep], limit - first[keep]),
                             [b for b, k in zip(column_bytes, keep) if k])
     if source.rows is not None:
-        sel = np.unique(np.asarray(source.rows, dtype=np.int64))
-        total = int(index.first_row[-1] + index.rows[-1]) if len(index.rows) else 0
-        if len(sel) and (sel[0] < 0 or sel[-1] >= total) and not limit:
-            raise DataError(f"{where}: selected row {int(sel[-1])} is out of range ({total} rows)")
-        index._sorted_rows = sel
+        picked = np.unique(np.asarray(source.rows, dtype=np.int64))
+        total = int(rows.sum())
+        if len(picked) and (picked[0] < 0 or picked[-1] >= total):
+            raise DataError(f"{where}: selected row {int(picked[-1])} is out of range ({total} rows)")
+        index.picked = picked
     return index
 
 

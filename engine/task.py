@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .sources import Mixture, Source
+
 # name -> (sum over the batch, count): the engine adds both over steps and ranks and reports
 # sum / count, so means are exact however batches and ranks are sized.
 Logs = dict[str, tuple[torch.Tensor, torch.Tensor | float]]
@@ -23,6 +25,14 @@ class Task(ABC):
     def __init__(self, cfg):
         self.cfg = cfg  # the stage's ExperimentConfig subclass
 
+    def train_data(self) -> Mixture:
+        """What an epoch trains on: by default every row of `data.train` once."""
+        return Mixture([Source(self.cfg.data.train, list(self.columns))])
+
+    def eval_data(self) -> list[Source]:
+        """Evaluation sets, each read whole every `train.eval_every` steps: by default `data.valid`."""
+        return [Source(self.cfg.data.valid, list(self.columns))] if self.cfg.data.valid else []
+
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """A fresh model (same seed on every rank; DeepSpeed broadcasts rank 0's weights anyway)."""
@@ -31,8 +41,10 @@ class Task(ABC):
     def collate(self, rows: list[dict], starts: np.ndarray, lengths: np.ndarray,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Rows -> CPU tensors. Piece i is residues [starts[i], starts[i] + lengths[i]) of rows[i];
-        per-residue columns must be sliced accordingly. `rng` is seeded per (seed, epoch, batch,
-        rank), so e.g. MLM masking is reproducible across resume."""
+        per-residue columns must be sliced accordingly (binary columns arrive as uint8 arrays:
+        view them as their dtype). rows[i]["source"] is the row's position in the task's sources.
+        `rng` is seeded per (seed, epoch, batch, rank), so e.g. MLM masking is reproducible across
+        resume. Runs in Ray Data tasks, so it must not depend on state built in the worker."""
 
     @abstractmethod
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Logs]:

@@ -33,8 +33,10 @@ class BiLSTMTask(Task):
 
     def summarize(self, means):
         out = dict(means)
-        out["joint"] = self.cfg.loss.w_ce * means["ce"] + self.cfg.loss.w_kl * means["kl"]
-        out["perplexity"] = math.exp(min(means["ce"], 50.0))
+        if "ce" in means:  # a log is absent when nothing was counted (kl: no PSSM in the window)
+            out["perplexity"] = math.exp(min(means["ce"], 50.0))
+            if "kl" in means:
+                out["joint"] = self.cfg.loss.w_ce * means["ce"] + self.cfg.loss.w_kl * means["kl"]
         return out
 
     def export_config(self):

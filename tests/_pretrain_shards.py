@@ -12,12 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from data_prep.pssm_format import parse_pssm
-from data_prep.shards import data_dir, write_manifest, write_table_shards
+from data_prep.shards import data_dir, pack_residues, write_manifest, write_table_shards
 from data_prep.vocab import encode
 
-SCHEMA = pa.schema([("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
-                    ("tokens", pa.list_(pa.uint8())), ("pssm", pa.list_(pa.uint8())),
-                    ("zero_row", pa.list_(pa.bool_()))])
 
 
 def read_fasta(path: Path, limit: int):
@@ -38,9 +35,10 @@ def read_fasta(path: Path, limit: int):
 
 
 def build_shards(shared_data: Path, out: Path, *, n_pssm: int = 120, n_plain: int = 240,
-                 max_pssm_length: int = 1200, rows_per_shard: int = 100) -> Path:
+                 max_pssm_length: int = 1200, rows_per_shard: int = 100, row_group_rows: int = 25) -> Path:
     """`n_pssm` proteins with PSSMs (sorted file order, length <= max_pssm_length) + `n_plain`
-    corpus proteins without; returns the shard directory."""
+    corpus proteins without; returns the shard directory. Small row groups give the engine's
+    planner many chunks to deal to ranks, as a large corpus would."""
     if (out / "manifest.json").is_file():
         return out
     rows = []
@@ -53,15 +51,18 @@ def build_shards(shared_data: Path, out: Path, *, n_pssm: int = 120, n_plain: in
             continue
         seen.add(p.sequence)
         rows.append({"id": f.name.split(".")[0], "sequence": p.sequence, "length": len(p.sequence),
-                     "tokens": encode(p.sequence).tolist(), "pssm": p.percent.reshape(-1).tolist(),
-                     "zero_row": p.zero_row.tolist()})
+                     "tokens": encode(p.sequence), "pssm": p.percent.reshape(-1), "zero_row": p.zero_row})
     for name, seq in read_fasta(shared_data / "corpus" / "corpus_dedup.fasta", n_plain + 50):
         if seq in seen or len(rows) >= n_pssm + n_plain:
             continue
-        rows.append({"id": name, "sequence": seq, "length": len(seq), "tokens": encode(seq).tolist(),
+        rows.append({"id": name, "sequence": seq, "length": len(seq), "tokens": encode(seq),
                      "pssm": None, "zero_row": None})
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    write_table_shards(table, data_dir(out), rows_per_shard)
+    table = pa.table({"id": [r["id"] for r in rows], "sequence": [r["sequence"] for r in rows],
+                      "length": pa.array([r["length"] for r in rows], pa.int32()),
+                      "tokens": pack_residues(r["tokens"] for r in rows),
+                      "pssm": pack_residues(r["pssm"] for r in rows),
+                      "zero_row": pack_residues(r["zero_row"] for r in rows)})
+    write_table_shards(table, data_dir(out), rows_per_shard, row_group_rows=row_group_rows)
     write_manifest(out, kind="sequences", rows=len(rows), residues=int(sum(r["length"] for r in rows)),
                    sources=["shared/data/pssm", "shared/data/corpus/corpus_dedup.fasta"], rejected={},
                    input_records=len(rows), without_pssm=sum(r["pssm"] is None for r in rows))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,7 +49,9 @@ def test_two_ray_workers_with_deepspeed_lower_the_loss_and_survive_a_failure(sha
     assert steps == [2, 4, 6, 8, 8, 10, 12, 14, 16] or steps == [2, 4, 6, 8, 10, 12, 14, 16]
     # CE falls steadily; the joint loss too, though KL is noisy (batches differ in PSSM content)
     assert log[-1]["ce"] < log[0]["ce"] - 0.15 and log[-1]["joint"] < log[0]["joint"]
-    assert all(m["padding_efficiency"] >= 0.85 and m["residues_per_s"] > 0 and m["lr"] > 0 for m in log)
+    assert all(m["residues_per_s"] > 0 and m["lr"] > 0 for m in log)
+    # windows of a 240-protein test set are tiny; on a real corpus the batching tests ask >= 0.9
+    assert np.mean([m["padding_efficiency"] for m in log]) >= 0.9
     assert all(m["kl"] > 0 for m in log)  # batches carry real PSSMs
     state = json.loads((latest_checkpoint(run_dir) / "train_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 16
@@ -86,7 +89,7 @@ def test_stopped_and_resumed_run_matches_uninterrupted(shards, tmp_path):
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
     a = load_export(latest_checkpoint(tmp_path / "full"))[1]
     b = load_export(latest_checkpoint(tmp_path / "resumed"))[1]
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise: the same batches, in the same order
 
 
 def test_cli_reports_bad_data_dir_in_one_line(tmp_path, capsys):

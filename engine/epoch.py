@@ -1,0 +1,185 @@
+"""One rank's plan of one epoch: which row groups it reads, in which windows, as which batches.
+
+The SeqVec recipe at any scale, without a global shuffle of rows:
+1. Draws: each source gives its share of the epoch (by weight; `Mixture.proteins` in all, or
+   every row once) as whole row groups in a fresh random order, cycled when the share exceeds
+   the source; the last row group of a share gives a random subset of its rows.
+2. The draws of all sources are shuffled together and dealt round-robin to the ranks, so a rank
+   reads about 1/world of the row groups (and of the bytes), sequentially, one group at a time.
+3. A rank's draws are cut into windows of `data.window_chunks` row groups. Inside a window,
+   long proteins become pieces and pieces are packed by length under the residue budget
+   (engine.batching). Reading a window's `length` column is all the planning reads.
+4. Every rank must take the same number of steps: the ranks agree on the largest batch count
+   (one all-reduce) and a rank with fewer repeats batches of its last window, flagged `repeated`.
+
+Everything is a function of (seed, epoch, rank, world) and the data, so a resumed run rebuilds
+the same plan and skips the batches it has already trained on: Ray Data keeps no iterator
+position, so the position is (epoch, batch index) in this plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .batching import PieceStats, make_pieces, pack_batches
+from .sources import SourceIndex
+
+
+@dataclass
+class Window:
+    """Row groups read together and the batches packed from their rows.
+
+    Rows of the window are the selected rows of its chunks, concatenated in chunk order;
+    batch b holds pieces (`rows[b][i]`, residues `starts[b][i]` .. + `lengths[b][i]`)."""
+    sources: list[int]  # per chunk: source position
+    paths: list[str]  # per chunk: Parquet file
+    groups: list[int]  # per chunk: row group in that file
+    picks: list[np.ndarray | None]  # per chunk: rows used (None = all)
+    rows: list[np.ndarray] = field(default_factory=list)
+    starts: list[np.ndarray] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
+    repeated: list[bool] = field(default_factory=list)  # filler batches (equal step counts)
+    first_batch: int = 0  # index of this window's first batch in the rank's epoch
+    skip: int = 0  # batches already trained on (a resumed run starts inside this window)
+    duplicate: bool = False  # the rank had no draw of its own and reads another rank's
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class EpochPlan:
+    windows: list[Window]
+    batches: int  # batches of this rank (equal on every rank)
+    own_batches: int  # before filler batches
+    stats: PieceStats  # pieces of all ranks
+    residues: int  # real residues in all ranks' batches (fillers excluded)
+    padded: int  # padded positions of those batches
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.residues / max(1, self.padded)
+
+    def from_batch(self, start: int) -> list[Window]:
+        """The windows still to train on when `start` batches are done (a resumed run)."""
+        out = []
+        for w in self.windows:
+            if w.first_batch + len(w) <= start:
+                continue
+            w.skip = max(0, start - w.first_batch)
+            out.append(w)
+        return out
+
+
+@dataclass
+class PlanSettings:
+    residues_per_batch: int
+    max_batch_size: int
+    max_length: int
+    long_proteins: str
+    bucket_ratio: float
+    min_length: int
+    window_chunks: int
+
+
+def draw_chunks(indexes: list[SourceIndex], weights: list[float], proteins: int,
+                rng: np.random.Generator) -> list[tuple[int, int, np.ndarray | None]]:
+    """(source, chunk, rows or None) draws of one epoch, shuffled across sources."""
+    sizes = np.array([ix.selected_counts().sum() for ix in indexes], dtype=np.int64)
+    if proteins:
+        w = np.asarray(weights, dtype=np.float64)
+        share = np.floor(w / w.sum() * proteins).astype(np.int64)
+        share[np.argmax(w)] += proteins - share.sum()
+    else:
+        share = sizes
+    draws = []
+    for s, (ix, n) in enumerate(zip(indexes, share)):
+        counts = ix.selected_counts()
+        usable = np.flatnonzero(counts)
+        left = int(n) if sizes[s] else 0
+        while left > 0:
+            for c in rng.permutation(usable):
+                rows = ix.selected_rows(c)
+                if left >= len(rows):
+                    draws.append((s, int(c), None if ix.picked is None else rows))
+                    left -= len(rows)
+                else:
+                    draws.append((s, int(c), np.sort(rng.choice(rows, left, replace=False))))
+                    left = 0
+                if left == 0:
+                    break
+    return [draws[i] for i in rng.permutation(len(draws))]
+
+
+def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, settings: PlanSettings, *,
+               seed: int, epoch: int, rank: int, world: int,
+               agree: Callable[[list[int], str], list[int]] | None = None,
+               read_lengths: Callable[[SourceIndex, int], np.ndarray] | None = None,
+               fillers: bool = True) -> EpochPlan:
+    """This rank's windows and batches for `epoch`.
+
+    `agree(values, op)` reduces integers over ranks ("max" or "sum"; identity on one process);
+    `read_lengths(index, chunk)` reads a row group's `length` column (a parameter so benchmarks
+    can plan synthetic corpora). Without `fillers` (evaluation) ranks keep their own counts."""
+    agree = agree or (lambda values, op: values)
+    read_lengths = read_lengths or _read_lengths
+    rng = np.random.default_rng([seed, epoch])
+    draws = draw_chunks(indexes, weights, proteins, rng)
+    if not draws:
+        raise ValueError("no rows to train on (empty sources or an empty row selection)")
+    mine = draws[rank::world]
+    duplicate = not mine
+    if duplicate:  # fewer row groups than ranks: read another rank's, its batches count as fillers
+        mine = [draws[rank % len(draws)]]
+    windows, stats = [], PieceStats()
+    residues = padded = 0
+    first = 0
+    for w, start in enumerate(range(0, len(mine), settings.window_chunks)):
+        group = mine[start:start + settings.window_chunks]
+        window = Window([s for s, _, _ in group], [indexes[s].files[int(indexes[s].file[c])] for s, c, _ in group],
+                        [int(indexes[s].group[c]) for s, c, _ in group], [p for _, _, p in group])
+        lengths = np.concatenate([_pick(read_lengths(indexes[s], c), p) for s, c, p in group])
+        wrng = np.random.default_rng([seed, epoch, rank, w])
+        pieces, st = make_pieces(lengths, settings.max_length, settings.long_proteins, settings.min_length, wrng)
+        for b in pack_batches(pieces.lengths, settings.residues_per_batch, settings.max_batch_size,
+                              settings.bucket_ratio, wrng):
+            window.rows.append(pieces.rows[b])
+            window.starts.append(pieces.starts[b])
+            window.lengths.append(pieces.lengths[b])
+            window.repeated.append(duplicate)
+        window.first_batch, window.duplicate = first, duplicate
+        first += len(window)
+        if not duplicate:
+            stats.add(st)
+            residues += sum(int(x.sum()) for x in window.lengths)
+            padded += sum(int(x.max()) * len(x) for x in window.lengths)
+        if len(window):
+            windows.append(window)
+    own = first
+    total = agree([own], "max")[0] if fillers else own
+    if total and not windows:
+        raise ValueError(f"rank {rank} has no batch of its own while other ranks have {total}: use fewer "
+                         f"workers, or smaller row groups or data.window_chunks")
+    if total > own:  # fillers: the last window's batches again, in order
+        last = windows[-1]
+        n = len(last)
+        for i in range(total - own):
+            j = i % n
+            last.rows.append(last.rows[j])
+            last.starts.append(last.starts[j])
+            last.lengths.append(last.lengths[j])
+            last.repeated.append(True)
+    sums = agree([stats.proteins, stats.pieces, stats.long_proteins, stats.cropped_residues, stats.skipped_short,
+                  residues, padded], "sum")
+    stats = PieceStats(*sums[:5])
+    return EpochPlan(windows, total, own, stats, sums[5], sums[6])
+
+
+def _pick(values: np.ndarray, picks: np.ndarray | None) -> np.ndarray:
+    return values if picks is None else values[picks]
+
+
+def _read_lengths(index: SourceIndex, chunk: int) -> np.ndarray:
+    return index.read(chunk, ["length"]).column("length").to_numpy().astype(np.int64)
