@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ def process_range(row: dict, *, staging: str, opts: dict) -> dict:
 
 
 def _process_range(row: dict, staging: str, opts: dict) -> dict:
+    cpu0 = time.process_time()
     rng = ByteRange(**{k: row[k] for k in ("task", "source", "start", "end", "gzip")})
     o = FastaOptions(**opts)
     out = {"task": rng.task, "source": rng.source, "n_records": 0, "rows": 0, "residues": 0,
@@ -86,6 +88,7 @@ def _process_range(row: dict, staging: str, opts: dict) -> dict:
             out["stripped_stops"] += block.stripped_stops
     except DataPrepError as err:  # travels back as data: the driver raises it as one clear line
         out["error"] = str(err)
+    out["cpu_seconds"] = time.process_time() - cpu0   # cost accounting for bench/bench_fasta.py
     return out
 
 
@@ -119,8 +122,11 @@ def _find_duplicates(files: list[str]) -> dict[str, np.ndarray]:
             if dup[bounds[i]:bounds[i + 1]].any()}
 
 
-def convert_fasta(inputs: list[str], out: str | Path, opts: FastaOptions = FastaOptions()) -> dict:
-    """FASTA files -> OUT/data, OUT/rejects, OUT/manifest.json (kind "sequences"); returns the manifest."""
+def convert_fasta(inputs: list[str], out: str | Path, opts: FastaOptions = FastaOptions(),
+                  stats: dict | None = None) -> dict:
+    """FASTA files -> OUT/data, OUT/rejects, OUT/manifest.json (kind "sequences"); returns the manifest.
+
+    `stats`, if given, receives "task_cpu_seconds": the CPU time the Ray tasks spent (benches)."""
     if not inputs:
         raise DataPrepError("fasta: no input files given")
     if opts.min_length < 0 or (opts.max_length is not None and opts.max_length < opts.min_length):
@@ -134,6 +140,8 @@ def convert_fasta(inputs: list[str], out: str | Path, opts: FastaOptions = Fasta
     staging.mkdir(parents=True)
     try:
         results = run_ranges(ranges, staging, opts)
+        if stats is not None:
+            stats["task_cpu_seconds"] = sum(r["cpu_seconds"] for r in results)
         manifest = _finish(results, out, staging, opts, [r.source for r in ranges if r.start == 0])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
