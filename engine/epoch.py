@@ -3,7 +3,8 @@
 The SeqVec recipe at any scale, without a global shuffle of rows:
 1. Draws: each source gives its share of the epoch (by weight; `Mixture.proteins` in all, or
    every row once) as whole row groups in a fresh random order, cycled when the share exceeds
-   the source; the last row group of a share gives a random subset of its rows.
+   the source; the last row group of a share gives a random subset of its rows. (A small source
+   whose rows are sorted, e.g. by class, can ask for rows in random order instead.)
 2. The draws of all sources are shuffled together and dealt round-robin to the ranks, so a rank
    reads about 1/world of the row groups (and of the bytes), sequentially, one group at a time.
 3. A rank's draws are cut into windows of `data.window_chunks` row groups. Inside a window,
@@ -84,9 +85,16 @@ class PlanSettings:
     window_chunks: int
 
 
+Entry = tuple[int, int, "np.ndarray | None"]  # (source, chunk, rows in the chunk or None = all)
+
+
 def draw_chunks(indexes: list[SourceIndex], weights: list[float], proteins: int,
-                rng: np.random.Generator) -> list[tuple[int, int, np.ndarray | None]]:
-    """(source, chunk, rows or None) draws of one epoch, shuffled across sources."""
+                rng: np.random.Generator) -> list[list[Entry]]:
+    """The draws of one epoch, shuffled across sources; a draw is about one row group of rows.
+
+    A source's share is its row groups in a random order (cycled when the share exceeds the
+    source; the last one gives a random subset). A `shuffle_rows` source instead gives its rows
+    in a random order, cut into draws the size of its row groups, each draw spanning several."""
     sizes = np.array([ix.selected_counts().sum() for ix in indexes], dtype=np.int64)
     if proteins:
         w = np.asarray(weights, dtype=np.float64)
@@ -94,23 +102,43 @@ def draw_chunks(indexes: list[SourceIndex], weights: list[float], proteins: int,
         share[np.argmax(w)] += proteins - share.sum()
     else:
         share = sizes
-    draws = []
+    draws: list[list[Entry]] = []
     for s, (ix, n) in enumerate(zip(indexes, share)):
-        counts = ix.selected_counts()
-        usable = np.flatnonzero(counts)
-        left = int(n) if sizes[s] else 0
+        if not sizes[s] or not n:
+            continue
+        if ix.source.shuffle_rows:
+            draws += _row_draws(s, ix, int(n), rng)
+            continue
+        usable = np.flatnonzero(ix.selected_counts())
+        left = int(n)
         while left > 0:
             for c in rng.permutation(usable):
                 rows = ix.selected_rows(c)
                 if left >= len(rows):
-                    draws.append((s, int(c), None if ix.picked is None else rows))
+                    draws.append([(s, int(c), None if ix.picked is None else rows)])
                     left -= len(rows)
                 else:
-                    draws.append((s, int(c), np.sort(rng.choice(rows, left, replace=False))))
+                    draws.append([(s, int(c), np.sort(rng.choice(rows, left, replace=False)))])
                     left = 0
                 if left == 0:
                     break
     return [draws[i] for i in rng.permutation(len(draws))]
+
+
+def _row_draws(s: int, ix: SourceIndex, n: int, rng: np.random.Generator) -> list[list[Entry]]:
+    counts = ix.selected_counts()
+    chunk_of = np.repeat(np.arange(len(counts)), counts)  # selected rows, chunk by chunk
+    local = np.concatenate([ix.selected_rows(c) for c in range(len(counts))])
+    reps = -(-n // len(local))
+    order = np.concatenate([rng.permutation(len(local)) for _ in range(reps)])[:n]
+    size = max(1, int(np.median(ix.rows)))
+    draws = []
+    for start in range(0, n, size):
+        take = order[start:start + size]
+        take = take[np.lexsort((local[take], chunk_of[take]))]  # read each row group once, in order
+        cuts = np.flatnonzero(np.diff(chunk_of[take])) + 1
+        draws.append([(s, int(chunk_of[g[0]]), local[g]) for g in np.split(take, cuts)])
+    return draws
 
 
 def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, settings: PlanSettings, *,
@@ -131,16 +159,16 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
         raise ValueError("no rows to train on (empty sources or an empty row selection)")
     mine = draws[rank::world]
     duplicate = not mine
-    if duplicate:  # fewer row groups than ranks: read another rank's, its batches count as fillers
+    if duplicate:  # fewer draws than ranks: read another rank's, its batches count as fillers
         mine = [draws[rank % len(draws)]]
     windows, stats = [], PieceStats()
     residues = padded = 0
     first = 0
     for w, start in enumerate(range(0, len(mine), settings.window_chunks)):
-        group = mine[start:start + settings.window_chunks]
-        window = Window([s for s, _, _ in group], [indexes[s].files[int(indexes[s].file[c])] for s, c, _ in group],
-                        [int(indexes[s].group[c]) for s, c, _ in group], [p for _, _, p in group])
-        lengths = np.concatenate([_pick(read_lengths(indexes[s], c), p) for s, c, p in group])
+        entries = [e for draw in mine[start:start + settings.window_chunks] for e in draw]
+        window = Window([s for s, _, _ in entries], [indexes[s].files[int(indexes[s].file[c])] for s, c, _ in entries],
+                        [int(indexes[s].group[c]) for s, c, _ in entries], [p for _, _, p in entries])
+        lengths = np.concatenate([_pick(read_lengths(indexes[s], c), p) for s, c, p in entries])
         wrng = np.random.default_rng([seed, epoch, rank, w])
         pieces, st = make_pieces(lengths, settings.max_length, settings.long_proteins, settings.min_length, wrng)
         for b in pack_batches(pieces.lengths, settings.residues_per_batch, settings.max_batch_size,

@@ -158,7 +158,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
     feed = Feed(task.train_data(), cfg, task, rank=ctx.rank, world=ctx.world_size, agree=agree, use_ray=under_ray)
     eval_sources = task.eval_data()
     valid = Feed(Mixture(eval_sources), cfg, task, rank=ctx.rank, world=ctx.world_size, agree=agree,
-                 use_ray=under_ray, fillers=False) if eval_sources else None
+                 use_ray=under_ray, training=False) if eval_sources else None
     window = _Window()
     last: dict = {}
     micro = 0

@@ -37,6 +37,7 @@ class Source:
     weight: float = 1.0  # share of an epoch's proteins when several sources are mixed
     rows: np.ndarray | None = None  # global row indices to use (None = every row), e.g. one split
     name: str = ""  # for messages and logs ("" = the directory name)
+    shuffle_rows: bool = False  # draw single rows, not whole row groups: for small sources whose row order is not random (labelled sets sorted by class)
 
     @property
     def label(self) -> str:
@@ -212,3 +213,22 @@ def residue_arrays(column: pa.Array | pa.ChunkedArray, dtype=np.uint8
         values = column.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]]
         return values.astype(dtype, copy=False), off - off[0], valid
     raise TypeError(f"not a per-residue column: {column.type}")
+
+
+def shard_columns(path: str) -> list[str]:
+    """Column names of a shard directory (from its first data file's schema)."""
+    fs, base = _filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/data", allow_not_found=True))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if not files:
+        raise DataError(f"{path}: no shards under {path.rstrip('/')}/data (run python -m data_prep first)")
+    return pq.ParquetFile(fs.open_input_file(files[0])).schema_arrow.names
+
+
+def read_column(path: str, name: str) -> np.ndarray:
+    """One column of every row of a shard directory, in row order (for small per-protein columns
+    such as `split`, which tasks use to choose rows)."""
+    index = open_source(Source(path, [name]))
+    cache: dict = {}
+    parts = [index.read(c, [name], cache).column(name).to_numpy(zero_copy_only=False) for c in range(len(index.rows))]
+    return np.concatenate(parts) if parts else np.zeros(0)

@@ -44,19 +44,25 @@ class WindowReader:
     seed: int
     epoch: int
     rank: int
+    training: bool  # Task.collate, else Task.collate_eval
 
     @classmethod
-    def create(cls, task, indexes: list[SourceIndex], seed: int, epoch: int, rank: int) -> "WindowReader":
+    def create(cls, task, indexes: list[SourceIndex], seed: int, epoch: int, rank: int,
+               training: bool) -> "WindowReader":
         return cls(task, [ix.fs for ix in indexes],
-                   [list(dict.fromkeys(["length", *ix.source.columns])) for ix in indexes], seed, epoch, rank)
+                   [list(dict.fromkeys(["length", *ix.source.columns])) for ix in indexes], seed, epoch, rank,
+                   training)
 
     def __call__(self, window: Window) -> Iterator[ReadyBatch]:
         rows: list[dict] = []
         files: dict[str, pq.ParquetFile] = {}
+        groups: dict[tuple[str, int], pa.Table] = {}  # a shuffle_rows source touches a group several times
         for s, path, group, picks in zip(window.sources, window.paths, window.groups, window.picks):
             if path not in files:
                 files[path] = pq.ParquetFile(self.filesystems[s].open_input_file(path))
-            table = files[path].read_row_group(group, columns=self.columns[s])
+            if (path, group) not in groups:
+                groups[path, group] = files[path].read_row_group(group, columns=self.columns[s])
+            table = groups[path, group]
             if picks is not None:
                 table = table.take(pa.array(picks))
             rows.extend(row_dicts(table, s))
@@ -64,7 +70,8 @@ class WindowReader:
             index = window.first_batch + b
             starts, lengths = window.starts[b], window.lengths[b]
             rng = np.random.default_rng([self.seed, self.epoch, index, self.rank])
-            tensors = self.task.collate([rows[r] for r in window.rows[b]], starts, lengths, rng)
+            collate = self.task.collate if self.training else self.task.collate_eval
+            tensors = collate([rows[r] for r in window.rows[b]], starts, lengths, rng)
             yield ReadyBatch(index, window.repeated[b], int(lengths.sum()), int(lengths.max()) * len(lengths), tensors)
 
 
@@ -102,10 +109,11 @@ def ray_batches(windows: list[Window], reader: WindowReader, *, read_tasks: int,
 
 
 class Feed:
-    """A task's sources, planned epoch by epoch and streamed to this rank."""
+    """A task's sources, planned epoch by epoch and streamed to this rank (training: equal batch
+    counts on every rank and `Task.collate`; evaluation: each rank its own share, `collate_eval`)."""
 
     def __init__(self, mixture, cfg, task, *, rank: int, world: int, agree=None, use_ray: bool = False,
-                 fillers: bool = True):
+                 training: bool = True):
         from .sources import open_source
 
         self.indexes = [open_source(s, cfg.data.limit) for s in mixture.sources]
@@ -115,15 +123,15 @@ class Feed:
         self.settings = PlanSettings(d.residues_per_batch, d.max_batch_size, d.max_length, d.long_proteins,
                                      d.bucket_ratio, d.min_length, d.window_chunks)
         self.data_cfg, self.task, self.seed = d, task, cfg.train.seed
-        self.rank, self.world, self.agree, self.use_ray, self.fillers = rank, world, agree, use_ray, fillers
+        self.rank, self.world, self.agree, self.use_ray, self.training = rank, world, agree, use_ray, training
 
     def plan(self, epoch: int) -> EpochPlan:
         return plan_epoch(self.indexes, self.weights, self.proteins, self.settings, seed=self.seed, epoch=epoch,
-                          rank=self.rank, world=self.world, agree=self.agree, fillers=self.fillers)
+                          rank=self.rank, world=self.world, agree=self.agree, fillers=self.training)
 
     def batches(self, plan: EpochPlan, epoch: int, start: int = 0) -> Iterator[ReadyBatch]:
         """This rank's batches of `plan` from batch `start` on, in plan order."""
-        reader = WindowReader.create(self.task, self.indexes, self.seed, epoch, self.rank)
+        reader = WindowReader.create(self.task, self.indexes, self.seed, epoch, self.rank, self.training)
         windows = plan.from_batch(start)
         if not self.use_ray:
             return local_batches(windows, reader)

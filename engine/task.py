@@ -46,6 +46,12 @@ class Task(ABC):
         `rng` is seeded per (seed, epoch, batch, rank), so e.g. MLM masking is reproducible across
         resume. Runs in Ray Data tasks, so it must not depend on state built in the worker."""
 
+    def collate_eval(self, rows: list[dict], starts: np.ndarray, lengths: np.ndarray,
+                     rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Batches of `eval_data()`; the same as training batches unless a task needs otherwise
+        (e.g. no masking)."""
+        return self.collate(rows, starts, lengths, rng)
+
     @abstractmethod
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Logs]:
         """Forward pass; returns the scalar loss to back-propagate and the logs to report.

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from data_prep.errors import DataPrepError
 from engine.checkpoint import CheckpointError, export, resolve_checkpoint
 from engine.config import ConfigError, from_dict
-from engine.data import DataError as ShardError
+from engine.sources import DataError
 
 from .config import EvalConfig, MultitaskConfig, load
-from .data import DataError
 from .embed import ExportError, load_model
 from .evaluate import eval_sets, evaluate, markdown_table, write_report
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_checkpoint(args.run, eval_cfg, args.out)
         else:
             export_run(args.run, args.out, args.layers, args.mix)
-    except (ConfigError, DataError, ShardError, CheckpointError, ExportError, FileNotFoundError) as err:
+    except (ConfigError, DataError, DataPrepError, CheckpointError, ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - Ray wraps worker errors; keep user-caused ones one line

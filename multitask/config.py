@@ -74,7 +74,9 @@ def check_values(cfg: MultitaskConfig, source: str = "<config>") -> None:
                   (f"mixture.sources[{i}].splits", "test" not in s.splits, "must not contain test (test rows never train)")]
     for i in cfg.embedding.layers:
         rules.append(("embedding.layers", -(m.layers + 1) <= i <= m.layers, f"{i} is out of range for {m.layers} blocks"))
-    rules += [("data.train", not cfg.data.train, "leave empty: multitask builds its training index from mixture.sources"),
+    rules += [("data.long_proteins", cfg.data.long_proteins == "crop",
+               "must be crop: multitask trains one piece per protein (mixture.protein_crop picks it for labelled proteins)"),
+              ("data.train", not cfg.data.train, "leave empty: multitask trains on mixture.sources"),
               ("data.valid", not cfg.data.valid, "leave empty: multitask evaluates on eval.ss_test / eval.deeploc_test")]
     for key, ok, why in rules:
         if not ok:

@@ -12,21 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from data_prep.shards import data_files, read_manifest, read_table
+from data_prep.shards import check_schema, data_files, read_table, residue_arrays
 from data_prep.vocab import PAD_ID, vocab_hash
+from engine.sources import DataError
 
 PER_RESIDUE = ("ss3", "ss8", "disorder", "eval_mask")
 KINDS = ("sequences", "pssm", "deeploc", "ss")  # pssm: used for its tokens only (unlabelled)
 WANTED = ("id", "length", "tokens", "ss3", "ss8", "disorder", "eval_mask", "location_id", "membrane_id",
           "dataset", "split", "go")
-
-
-class DataError(ValueError):
-    """A user-facing problem with an input shard directory (one line, names the path)."""
 
 
 @dataclass
@@ -66,25 +62,24 @@ class ProteinSet:
             dataset=pick(self.dataset), split=pick(self.split))
 
 
-def _flat_list_column(table: pa.Table, name: str, lengths: np.ndarray, path: Path) -> np.ndarray:
-    """A list<int8> column flattened to one value per residue; null rows become -1."""
-    col = table.column(name).combine_chunks()
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    got = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+def _flat_label_column(table: pa.Table, name: str, lengths: np.ndarray, path: Path) -> np.ndarray:
+    """A per-residue int8 label column flattened to one value per residue; null rows become -1."""
+    values, offsets, valid = residue_arrays(table.column(name), np.int8)
+    got = np.diff(offsets)
     bad = np.flatnonzero(valid & (got != lengths))
     if len(bad):
         r = int(bad[0])
         raise DataError(f"{path}: row {r} column {name} has {got[r]} values for a protein of length {lengths[r]}")
     flat = np.full(int(lengths.sum()), -1, dtype=np.int8)
-    flat[np.repeat(valid, lengths)] = col.flatten().to_numpy(zero_copy_only=False).astype(np.int8)
+    flat[np.repeat(valid, lengths)] = values
     return flat
 
 
 def load_proteins(path: str | Path, name: str | None = None) -> ProteinSet:
     """Read a data_prep shard directory (sequences, pssm, deeploc or ss) into a ProteinSet."""
     path = Path(path)
+    manifest = check_schema(path)
     try:
-        manifest = read_manifest(path)
         names = pq.read_schema(data_files(path)[0]).names
         table = read_table(path, columns=[c for c in WANTED if c in names])
     except FileNotFoundError as e:
@@ -99,7 +94,7 @@ def load_proteins(path: str | Path, name: str | None = None) -> ProteinSet:
             raise DataError(f"{path}: shards lack column {col!r}")
     lengths = table.column("length").to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tokens = table.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.uint8)
+    tokens = residue_arrays(table.column("tokens"))[0].copy()
     if len(tokens) != offsets[-1]:
         raise DataError(f"{path}: token count {len(tokens)} != sum of lengths {offsets[-1]}")
     ps = ProteinSet(name=name or path.name, kind=kind, ids=table.column("id").to_pylist(),
@@ -107,7 +102,7 @@ def load_proteins(path: str | Path, name: str | None = None) -> ProteinSet:
     if kind == "ss":
         for col in PER_RESIDUE:
             if col in table.column_names:
-                ps.residue_labels[col] = _flat_list_column(table, col, lengths, path)
+                ps.residue_labels[col] = _flat_label_column(table, col, lengths, path)
     if kind == "deeploc":
         ps.location = table.column("location_id").to_numpy(zero_copy_only=False).astype(np.int8)
         ps.membrane = table.column("membrane_id").to_numpy(zero_copy_only=False).astype(np.int8)
@@ -162,23 +157,34 @@ class Example:
 
 def get_example(ps: ProteinSet, row: int, max_len: int | None = None, protein_crop: str = "ends",
                 rng: np.random.Generator | None = None) -> Example:
-    """Protein `row` of `ps`, cropped to max_len. Per-protein labelled proteins use `protein_crop`,
-    the others a random window."""
+    """Protein `row` of `ps`, cropped to max_len (see `example_from_row`)."""
     a, b = int(ps.offsets[row]), int(ps.offsets[row + 1])
-    tokens = ps.tokens[a:b]
-    labels = {k: v[a:b] for k, v in ps.residue_labels.items()}
-    loc = int(ps.location[row]) if ps.location is not None else -1
-    mem = int(ps.membrane[row]) if ps.membrane is not None else -1
-    go = ps.go[row] if ps.go is not None else None
-    cropped = False
-    if max_len is not None and b - a > max_len:
-        has_protein_label = loc >= 0 or mem >= 0 or (go is not None and len(go) > 0)
-        idx = crop_indices(b - a, max_len, protein_crop if has_protein_label else "random",
-                           rng or np.random.default_rng())
-        tokens = tokens[idx]
-        labels = {k: v[idx] for k, v in labels.items()}
-        cropped = True
-    return Example(tokens, labels, loc, mem, go, cropped)
+    fields = {"tokens": ps.tokens[a:b], **{k: v[a:b] for k, v in ps.residue_labels.items()},
+              "location_id": ps.location[row] if ps.location is not None else None,
+              "membrane_id": ps.membrane[row] if ps.membrane is not None else None,
+              "go": ps.go[row] if ps.go is not None else None}
+    rng = rng or np.random.default_rng()
+    n = b - a if max_len is None else min(b - a, max_len)
+    return example_from_row(fields, int(rng.integers(0, b - a - n + 1)), n, protein_crop, rng)
+
+
+def example_from_row(row: dict, start: int, n: int, protein_crop: str, rng: np.random.Generator) -> Example:
+    """A shard row (as the engine hands it to `collate`) as an Example of at most `n` residues.
+
+    A longer protein with a per-protein label is cropped by `protein_crop`; one without keeps
+    the window [start, start + n) that the engine chose."""
+    tokens = np.asarray(row["tokens"])
+    labels = {k: np.asarray(row[k]).view(np.int8) for k in PER_RESIDUE if row.get(k) is not None}
+    loc = -1 if row.get("location_id") is None else int(row["location_id"])
+    mem = -1 if row.get("membrane_id") is None else int(row["membrane_id"])
+    go = None if row.get("go") is None else np.asarray(row["go"], np.int32)
+    if len(tokens) <= n:
+        return Example(tokens, labels, loc, mem, go)
+    if loc >= 0 or mem >= 0 or (go is not None and len(go) > 0):
+        idx = crop_indices(len(tokens), n, protein_crop, rng)
+    else:
+        idx = np.arange(start, start + n)
+    return Example(tokens[idx], {k: v[idx] for k, v in labels.items()}, loc, mem, go, cropped=True)
 
 
 def collate(examples: list[Example], go_terms: int = 0, pad_to: int = 1) -> dict[str, torch.Tensor]:
@@ -208,24 +214,3 @@ def collate(examples: list[Example], go_terms: int = 0, pad_to: int = 1) -> dict
                 go[i, e.go] = 1.0
         batch["go"] = torch.from_numpy(go)
     return batch
-
-
-# ----------------------------------------------------------------------------- mixture
-
-def epoch_plan(sizes: list[int], weights: list[float], proteins: int, rng: np.random.Generator) -> np.ndarray:
-    """(source, row) pairs for one epoch: `proteins` draws split across sources by weight.
-
-    Each source is walked in a fresh permutation (repeated when its share exceeds its size), so
-    every protein of a source is seen before any is seen twice."""
-    w = np.asarray(weights, dtype=np.float64)
-    counts = np.floor(w / w.sum() * proteins).astype(np.int64)
-    counts[np.argmax(w)] += proteins - counts.sum()
-    plan = []
-    for s, (size, n) in enumerate(zip(sizes, counts)):
-        if n == 0 or size == 0:
-            continue
-        reps = -(-int(n) // size)
-        rows = np.concatenate([rng.permutation(size) for _ in range(reps)])[:n]
-        plan.append(np.stack([np.full(n, s), rows], axis=1))
-    out = np.concatenate(plan) if plan else np.zeros((0, 2), np.int64)
-    return out[rng.permutation(len(out))]

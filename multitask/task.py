@@ -1,142 +1,151 @@
-"""The multitask stage as an engine `Task`: model, index shards over the mixture, collation, loss.
+"""The multitask stage as an engine `Task`: sources, collation, model and loss.
 
-The engine batches one shard directory by residue budget (`data.train`, optional `data.valid`).
-Multitask trains on several shard directories of different kinds, mixed by weight, so before the
-launch `prepare()` writes two small *index* shard directories into the run directory:
-
-    <run>/mixture/     one row per draw of the epoch: length (capped at data.max_length), pool=0,
-                       source (index into mixture.sources), row (row in that source)
-    <run>/eval_index/  the same for the evaluation sets (pool=1), used as `data.valid`
-
-and points `data.train` / `data.valid` at them. The engine never sees a protein longer than
-data.max_length (so it never windows one); `collate` looks the rows up in the sources (held in
-memory as flat arrays) and crops long proteins by the multitask policy.
+Training draws from several shard directories of different kinds, mixed by weight: each is an
+engine `Source` (with only the columns its kind has, and only the rows of the allowed splits),
+and `Mixture.proteins` draws make an epoch. Evaluation sets (one per `dataset` value of the
+secondary-structure test shard, plus DeepLoc's test rows) are sources too; the engine streams
+both, so no worker ever loads a whole source. Long proteins arrive as pieces of at most
+data.max_length residues (`data.long_proteins: crop`); a protein with a per-protein label is
+cropped by the multitask policy (`mixture.protein_crop`) instead of the engine's random window.
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from data_prep.shards import write_table_shards
 from data_prep.vocab import save_tokenizer, vocab_hash
+from engine.sources import DataError, Mixture, Source, read_column, shard_columns
 from engine.task import Task
 
 from .config import MultitaskConfig
-from .data import DataError, ProteinSet, collate, epoch_plan, get_example, load_proteins, training_rows
-from .evaluate import eval_sets
+from .data import collate, example_from_row
+from .evaluate import SS_ORDER
 from .losses import TASKS, task_losses, total_loss
 from .masking import mask_tokens
 from .model import MultitaskEncoder
 
-INDEX_COLUMNS = ["pool", "source", "row"]
+FEATURES = ("tokens", "ss3", "ss8", "disorder", "eval_mask", "location_id", "membrane_id", "go")
+SS_METRICS = {"ss3": "q3", "ss8": "q8"}  # per-residue sets (+ disorder MCC)
+PROTEIN_METRICS = {"location": "q10", "membrane": "q2"}  # DeepLoc
 
 
 def run_dir(cfg: MultitaskConfig) -> Path:
     return Path(cfg.ray.storage_path).resolve() / cfg.ray.name
 
 
-def load_sources(cfg: MultitaskConfig) -> list[ProteinSet]:
-    sets = []
-    for src in cfg.mixture.sources:
-        ps = training_rows(load_proteins(src.path), src.path, tuple(src.splits))
-        if len(ps) == 0:
-            raise DataError(f"{src.path}: no rows with split in {src.splits}")
-        sets.append(ps)
-    return sets
+def _columns(path: str) -> list[str]:
+    names = shard_columns(path)
+    if "tokens" not in names:
+        raise DataError(f"{path}: shards lack column 'tokens'")
+    return [c for c in FEATURES if c in names]
 
 
-def load_eval_sets(cfg: MultitaskConfig, limit: int = 0) -> dict[str, ProteinSet]:
-    sets = eval_sets(cfg.eval.ss_test or None, cfg.eval.deeploc_test or None)
-    if limit:  # evenly spaced rows: test files are often sorted by class
-        sets = {k: v.subset(np.unique(np.linspace(0, len(v) - 1, limit).astype(np.int64))) if len(v) > limit else v
-                for k, v in sets.items()}
-    return sets
+def training_source(path: str, weight: float, splits: list[str]) -> Source:
+    """A mixture source: rows of the allowed splits only; a shard with test rows is refused."""
+    columns = _columns(path)
+    rows = None
+    if "split" in shard_columns(path):
+        split = read_column(path, "split").astype(object)
+        n_test = int((split == "test").sum())
+        if n_test:
+            raise DataError(f"{path}: {n_test} rows have split=test; test rows never train "
+                            f"(pass a training shard, e.g. deeploc_train / ss_train)")
+        rows = np.flatnonzero(np.isin(split, list(splits)))
+        if len(rows) == 0:
+            raise DataError(f"{path}: no rows with split in {splits}")
+    # labelled sets are small and often sorted by class: draw their rows, not row groups, at random
+    return Source(path, columns, weight, rows, shuffle_rows=columns != ["tokens"])
 
 
-def _write_index(out: Path, pool: int, sources: np.ndarray, rows: np.ndarray, lengths: np.ndarray, info: dict) -> None:
-    table = pa.table({"length": pa.array(lengths, pa.int32()), "pool": pa.array(np.full(len(rows), pool), pa.int8()),
-                      "source": pa.array(sources, pa.int16()), "row": pa.array(rows, pa.int64())})
-    write_table_shards(table, out / "data", rows_per_shard=1_000_000)
-    (out / "manifest.json").write_text(json.dumps({"kind": "multitask_index", "rows": len(rows), **info}, indent=2) + "\n")
+def evaluation_sources(ss_test: str, deeploc_test: str, limit: int = 0) -> list[tuple[str, Source]]:
+    """(kind, source) per evaluation set: "ss" per `dataset` of the ss test shard, "deeploc" for
+    DeepLoc's test rows; `limit` keeps that many evenly spaced proteins of each (files are often
+    sorted by class)."""
+    out = []
+
+    def rows_of(mask: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(mask)
+        if limit and len(rows) > limit:
+            rows = rows[np.unique(np.linspace(0, len(rows) - 1, limit).astype(np.int64))]
+        return rows
+
+    if ss_test:
+        names = shard_columns(ss_test)
+        n = len(read_column(ss_test, "length"))
+        dataset = read_column(ss_test, "dataset").astype(object) if "dataset" in names else np.full(n, "ss", object)
+        test = read_column(ss_test, "split").astype(object) == "test" if "split" in names else np.ones(n, bool)
+        for name in sorted(set(dataset[test]), key=lambda d: (SS_ORDER + (d,)).index(d)):
+            out.append(("ss", Source(ss_test, _columns(ss_test), rows=rows_of(test & (dataset == name)), name=name)))
+    if deeploc_test:
+        names = shard_columns(deeploc_test)
+        n = len(read_column(deeploc_test, "length"))
+        test = read_column(deeploc_test, "split").astype(object) == "test" if "split" in names else np.ones(n, bool)
+        out.append(("deeploc", Source(deeploc_test, _columns(deeploc_test), rows=rows_of(test), name="deeploc")))
+    return out
 
 
 def prepare(cfg: MultitaskConfig) -> MultitaskConfig:
-    """Write the index shards for `cfg` (deterministic in train.seed) and return a copy of `cfg`
-    whose data.train / data.valid point at them. Also fails early, on the driver, on bad inputs."""
+    """A copy of `cfg` with absolute paths (Ray workers need not share the driver's working
+    directory), after checking every source on the driver so that bad inputs fail early."""
     cfg = copy.deepcopy(cfg)
-    # Absolute paths: Ray workers need not share the driver's working directory.
     for src in cfg.mixture.sources:
-        src.path = str(Path(src.path).resolve())
-    cfg.eval.ss_test = str(Path(cfg.eval.ss_test).resolve()) if cfg.eval.ss_test else ""
-    cfg.eval.deeploc_test = str(Path(cfg.eval.deeploc_test).resolve()) if cfg.eval.deeploc_test else ""
-    cfg.ray.storage_path = str(Path(cfg.ray.storage_path).resolve())
-    out = run_dir(cfg)
-    sets = load_sources(cfg)
-    total = cfg.mixture.proteins_per_epoch or sum(len(s) for s in sets)
-    plan = epoch_plan([len(s) for s in sets], [s.weight for s in cfg.mixture.sources], total,
-                      np.random.default_rng([cfg.train.seed, 1234]))
-    full = np.array([sets[s].offsets[r + 1] - sets[s].offsets[r] for s, r in plan], dtype=np.int64)
-    _write_index(out / "mixture", 0, plan[:, 0], plan[:, 1], np.minimum(full, cfg.data.max_length), {
-        "sources": [s.path for s in cfg.mixture.sources],
-        "draws": {s.path: int((plan[:, 0] == i).sum()) for i, s in enumerate(cfg.mixture.sources)},
-        "rows_per_source": {s.path: len(ps) for s, ps in zip(cfg.mixture.sources, sets)},
-        "longer_than_max_length": int((full > cfg.data.max_length).sum()),
-        "protein_crop": cfg.mixture.protein_crop})
-    cfg.data.train = str(out / "mixture")
-    evs = load_eval_sets(cfg, cfg.eval.limit)
-    if evs:
-        src = np.concatenate([np.full(len(ps), i) for i, ps in enumerate(evs.values())])
-        rows = np.concatenate([np.arange(len(ps)) for ps in evs.values()])
-        lens = np.concatenate([np.minimum(ps.lengths, cfg.data.max_length) for ps in evs.values()])
-        _write_index(out / "eval_index", 1, src, rows, lens, {"sets": {k: len(v) for k, v in evs.items()}})
-        cfg.data.valid = str(out / "eval_index")
+        src.path = _absolute(src.path)
+    cfg.eval.ss_test = _absolute(cfg.eval.ss_test)
+    cfg.eval.deeploc_test = _absolute(cfg.eval.deeploc_test)
+    cfg.ray.storage_path = _absolute(cfg.ray.storage_path)
+    task = MultitaskTask(cfg)
+    task.train_data()
+    task.eval_data()
     return cfg
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if path and "://" not in path else path
 
 
 class MultitaskTask(Task):
     kind = "encoder"
-    columns = INDEX_COLUMNS
 
     def __init__(self, cfg: MultitaskConfig):
         super().__init__(cfg)
-        self._train: list[ProteinSet] | None = None
-        self._eval: list[ProteinSet] | None = None
+        self._eval: list[tuple[str, Source]] | None = None
 
     # ------------------------------------------------------------------ data
-    @property
-    def train_sets(self) -> list[ProteinSet]:
-        if self._train is None:
-            self._train = load_sources(self.cfg)
-        return self._train
+    def train_data(self) -> Mixture:
+        m = self.cfg.mixture
+        return Mixture([training_source(s.path, s.weight, s.splits) for s in m.sources], m.proteins_per_epoch)
 
-    @property
-    def eval_sets(self) -> list[ProteinSet]:
+    def eval_sets(self) -> list[tuple[str, Source]]:
         if self._eval is None:
-            self._eval = list(load_eval_sets(self.cfg, self.cfg.eval.limit).values())
+            e = self.cfg.eval
+            self._eval = evaluation_sources(e.ss_test, e.deeploc_test, e.limit)
         return self._eval
+
+    def eval_data(self) -> list[Source]:
+        return [source for _, source in self.eval_sets()]
+
+    def _examples(self, rows, starts, lengths, rng):
+        crop = self.cfg.mixture.protein_crop
+        examples = [example_from_row(r, int(s), int(n), crop, rng) for r, s, n in zip(rows, starts, lengths)]
+        return collate(examples, go_terms=self.cfg.model.go_terms)
 
     def collate(self, rows: list[dict], starts: np.ndarray, lengths: np.ndarray,
                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        c = self.cfg
-        evaluating = rows[0]["pool"] == 1
-        pools = self.eval_sets if evaluating else self.train_sets
-        examples = [get_example(pools[r["source"]], r["row"], c.data.max_length, c.mixture.protein_crop, rng)
-                    for r in rows]
-        batch = collate(examples, go_terms=c.model.go_terms)
-        if evaluating:
-            # Clean input for the evaluation metrics; MLM is not scored here.
-            batch["mlm_targets"] = torch.full_like(batch["tokens"], -100)
-            batch["eval_set"] = torch.tensor([r["source"] for r in rows])
-        else:
-            # MLM corruption on CPU with the engine's per-batch rng: reproducible on resume.
-            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            batch["tokens"], batch["mlm_targets"] = mask_tokens(batch["tokens"], batch["lengths"], c.masking, gen)
+        batch = self._examples(rows, starts, lengths, rng)
+        # MLM corruption on CPU with the engine's per-batch rng: reproducible on resume.
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch["tokens"], batch["mlm_targets"] = mask_tokens(batch["tokens"], batch["lengths"], self.cfg.masking, gen)
+        return batch
+
+    def collate_eval(self, rows, starts, lengths, rng):
+        # Clean input for the evaluation metrics; MLM is not scored here.
+        batch = self._examples(rows, starts, lengths, rng)
+        batch["mlm_targets"] = torch.full_like(batch["tokens"], -100)
+        batch["eval_set"] = torch.tensor([r["source"] for r in rows])
         return batch
 
     # ------------------------------------------------------------------ model and loss
@@ -158,29 +167,27 @@ class MultitaskTask(Task):
         return loss, logs
 
     def _eval_logs(self, out, batch) -> dict:
-        """Per evaluation set: hits and counts for Q3/Q8/Q10/Q2, confusion fractions for disorder MCC.
-        The names depend only on the sets (same on every batch and rank, as the engine needs)."""
+        """Per evaluation set: hits and counts for Q3/Q8 or Q10/Q2, confusion fractions for disorder
+        MCC. The names depend only on the sets (the same on every batch and rank, as the engine
+        needs); a metric a set has no labels for counts nothing and the engine leaves it out."""
         logs = {}
         pred = {"ss3": out["ss3"].argmax(-1), "ss8": out["ss8"].argmax(-1), "location": out["location"].argmax(-1),
                 "membrane": (out["membrane"] > 0).long(), "disorder": (out["disorder"] > 0).long()}
-        metric = {"ss3": "q3", "ss8": "q8", "location": "q10", "membrane": "q2"}
-        for i, ps in enumerate(self.eval_sets):
+        for i, (kind, source) in enumerate(self.eval_sets()):
             in_set = batch["eval_set"] == i
-            for task, name in metric.items():
-                if not _has_labels(ps, task):
-                    continue
+            for task, name in (SS_METRICS if kind == "ss" else PROTEIN_METRICS).items():
                 y = batch[task]
                 keep = (y >= 0) & (in_set[:, None] if y.dim() == 2 else in_set)
                 if y.dim() == 2:
                     keep &= batch["eval_mask"] != 0
-                logs[f"{ps.name}/{name}"] = (((pred[task] == y) & keep).sum().float(), keep.sum().float())
-            if _has_labels(ps, "disorder"):
+                logs[f"{source.label}/{name}"] = (((pred[task] == y) & keep).sum().float(), keep.sum().float())
+            if kind == "ss":
                 y, p = batch["disorder"], pred["disorder"]
                 keep = (y >= 0) & in_set[:, None]
                 n = keep.sum().float()
                 for cell, hit in (("tp", (p == 1) & (y == 1)), ("fp", (p == 1) & (y == 0)),
                                   ("fn", (p == 0) & (y == 1)), ("tn", (p == 0) & (y == 0))):
-                    logs[f"{ps.name}/dis_{cell}"] = ((hit & keep).sum().float(), n)
+                    logs[f"{source.label}/dis_{cell}"] = ((hit & keep).sum().float(), n)
         return logs
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
@@ -200,10 +207,3 @@ class MultitaskTask(Task):
 
     def write_export_files(self, directory: Path) -> None:
         save_tokenizer(Path(directory))
-
-
-def _has_labels(ps: ProteinSet, task: str) -> bool:
-    if task in ("ss3", "ss8", "disorder"):
-        return task in ps.residue_labels and bool((ps.residue_labels[task] >= 0).any())
-    values = ps.location if task == "location" else ps.membrane
-    return values is not None and bool((values >= 0).any())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
-from engine.data import DataError
+from engine.sources import DataError
 from engine.launch import LaunchError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError)

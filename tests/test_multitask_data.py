@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA
-from data_prep.shards import write_manifest, write_rejects, write_table_shards
+from data_prep.shards import pack_residues, write_manifest, write_rejects, write_table_shards
 from data_prep.vocab import PAD_ID, encode
-from multitask.data import (DataError, collate, crop_indices, epoch_plan, get_example, load_proteins,
-                            training_rows)
+from multitask.data import DataError, collate, crop_indices, get_example, load_proteins, training_rows
 
 LOCATIONS = ["Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Golgi.apparatus", "Lysosome/Vacuole",
              "Mitochondrion", "Nucleus", "Peroxisome", "Plastid", "Extracellular"]
@@ -42,17 +41,19 @@ def _fasta(path: Path):
 
 def _write(out: Path, kind: str, rows: list[dict], source: str):
     cols = {k: [r[k] for r in rows] for k in rows[0]}
-    types = {"tokens": pa.list_(pa.uint8()), "length": pa.int32(), "location_id": pa.int8(),
-             "membrane_id": pa.int8(), **{k: pa.list_(pa.int8()) for k in ("ss3", "ss8", "disorder", "eval_mask")}}
-    table = pa.table({k: pa.array(v, type=types.get(k)) for k, v in cols.items()})
-    write_table_shards(table, out / "data", rows_per_shard=max(1, len(rows) // 2))
+    residue_types = {"tokens": np.uint8, **dict.fromkeys(("ss3", "ss8", "disorder", "eval_mask"), np.int8)}
+    types = {"length": pa.int32(), "location_id": pa.int8(), "membrane_id": pa.int8()}
+    table = pa.table({k: pack_residues(v, residue_types[k]) if k in residue_types else pa.array(v, type=types.get(k))
+                      for k, v in cols.items()})
+    # small row groups: the engine deals row groups to ranks, as with a large corpus
+    write_table_shards(table, out / "data", rows_per_shard=max(1, len(rows) // 2), row_group_rows=100)
     write_rejects([], out)
     write_manifest(out, kind=kind, rows=len(rows), residues=int(sum(r["length"] for r in rows)),
                    sources=[source], rejected={}, input_records=len(rows))
 
 
 def _base(pid: str, seq: str) -> dict:
-    return {"id": pid, "sequence": seq, "length": len(seq), "tokens": encode(seq).tolist()}
+    return {"id": pid, "sequence": seq, "length": len(seq), "tokens": encode(seq)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,14 +183,3 @@ def test_collate_pads_with_minus_one(shards):
     assert (batch["ss3"][1] == -1).all() and (batch["ss3"][0, n_ss:] == -1).all()
     assert batch["location"][0] == -1 and batch["location"][1] == int(dl.location[0])
     assert batch["membrane"][0] == -1
-
-
-def test_epoch_plan_follows_weights():
-    rng = np.random.default_rng(0)
-    plan = epoch_plan([1000, 50, 300], [0.5, 0.25, 0.25], 2000, rng)
-    assert len(plan) == 2000
-    counts = np.bincount(plan[:, 0], minlength=3)
-    assert counts.tolist() == [1000, 500, 500]
-    # the small source is cycled: each of its 50 rows drawn exactly 10 times
-    assert np.bincount(plan[plan[:, 0] == 1, 1], minlength=50).tolist() == [10] * 50
-    assert torch.tensor(plan).unique(dim=0).shape[0] == 1000 + 50 + 300
