@@ -94,12 +94,12 @@ def _process_range(row: dict, staging: str, opts: dict) -> dict:
 
 def run_ranges(ranges: list[ByteRange], staging: Path, opts: FastaOptions) -> list[dict]:
     """Pass 1 through Ray Data; results sorted by range number."""
-    from .ray_utils import ensure_ray
+    from .ray_utils import ensure_ray, use_all_cpus
 
     ray = ensure_ray()
     items = [asdict(r) for r in ranges]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(process_range, fn_kwargs={"staging": str(staging), "opts": asdict(opts)})
+    ds = use_all_cpus(ds.map(process_range, fn_kwargs={"staging": str(staging), "opts": asdict(opts)}))
     results = [json.loads(r["summary"]) for r in sorted(ds.take_all(), key=lambda r: r["task"])]
     for r in results:
         if r["error"]:

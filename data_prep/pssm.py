@@ -75,12 +75,12 @@ def parse_files(batch: dict) -> pa.Table:
 
 
 def parse_all(files: list[str]) -> pa.Table:
-    from .ray_utils import ensure_ray
+    from .ray_utils import ensure_ray, use_all_cpus
 
     ray = ensure_ray()
     items = [{"index": i, "path": str(Path(f).resolve())} for i, f in enumerate(files)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // FILES_PER_TASK)))
-    ds = ds.map_batches(parse_files, batch_size=FILES_PER_TASK, batch_format="numpy")
+    ds = use_all_cpus(ds.map_batches(parse_files, batch_size=FILES_PER_TASK, batch_format="numpy"))
     tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     table = pa.concat_tables(tables) if tables else PARSED_SCHEMA.empty_table()
     return table.sort_by("index")

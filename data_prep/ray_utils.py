@@ -17,3 +17,11 @@ def ensure_ray(num_cpus: int | None = None):
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     return ray
+
+
+def use_all_cpus(ds):
+    """`ds` (a one-map pipeline: items -> map) may run a task on every CPU. Ray Data reserves
+    half of the CPUs per operator for the rest of a pipeline by default; these pipelines have no
+    rest, so on 2 CPUs the reservation ran one task at a time (bench/bench_fasta.py measured it)."""
+    ds.context.op_resource_reservation_enabled = False
+    return ds
