@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import shards
 from .errors import DataPrepError
-from .fasta_parse import SEQUENCE_SCHEMA, ParsedBlock, parse_block
+from .fasta_parse import SEQUENCE_SCHEMA, parse_block
 from .fasta_read import ByteRange, iter_gzip_blocks, plan_ranges, read_range
 
 DEFAULT_BLOCK_SIZE = 32 << 20

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import DataPrepError
 from .shards import binary_array
