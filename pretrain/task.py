@@ -18,7 +18,11 @@ from .model import BiLSTMLM
 
 class BiLSTMTask(Task):
     kind = "bilstm"
-    columns = ["tokens", "pssm", "zero_row"]
+
+    @property
+    def columns(self) -> list[str]:
+        # a CE-only model (no PSSM head) trains on plain sequence shards too
+        return ["tokens", "pssm", "zero_row"] if self.cfg.model.pssm_head else ["tokens"]
 
     def build_model(self) -> BiLSTMLM:
         return BiLSTMLM(self.cfg.model)
