@@ -123,41 +123,31 @@ def run_child(shards: Path, steps: int, mode: str) -> dict:
 
 def read_fraction(shards: Path, world: int = 8) -> float:
     """Largest share of the needed columns' bytes that one of `world` ranks reads in one epoch."""
-    from engine.epoch import plan_epoch
+    from engine.epoch import plan_epoch, settings_from
     from engine.sources import Source, open_source
-    from engine.stream import Feed
-    from pretrain.task import BiLSTMTask
 
-    cfg = demo_config(shards, Path(tempfile.mkdtemp()))
+    settings = settings_from(demo_config(shards, Path(tempfile.mkdtemp())))
     columns = ["length", "tokens"]
     index = open_source(Source(str(shards), ["tokens"]))
     total = sum(index.read_bytes(c, columns) for c in range(len(index.rows)))
-    settings = Feed(BiLSTMTask(cfg).train_data(), cfg, None, rank=0, world=1).settings
     chunk_of = {(index.files[int(index.file[c])], int(index.group[c])): c for c in range(len(index.rows))}
     worst = 0.0
     for rank in range(world):
         plan = plan_epoch([index], [1.0], 0, settings, seed=0, epoch=0, rank=rank, world=world, fillers=False)
         chunks = [chunk_of[p, g] for w in plan.windows for p, g in zip(w.paths, w.groups)]
-        # planning reads the length column of these row groups, training reads length + tokens
-        read = sum(index.read_bytes(c, ["length"]) + index.read_bytes(c, columns) for c in chunks)
+        # planning reads the length column of these row groups, training their tokens
+        read = sum(index.read_bytes(c, columns) for c in chunks)
         worst = max(worst, read / total)
     return worst
 
 
 def plan_seconds(proteins: int = 60_000_000) -> float:
-    from engine.epoch import PlanSettings, plan_epoch
-    from engine.sources import Source, SourceIndex
+    from engine.epoch import PlanSettings, plan_lengths
 
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(5.5, 0.6, proteins), 30, 35000).astype(np.int64)
-    first = np.arange(0, proteins, 512)
-    rows = np.minimum(512, proteins - first)
-    index = SourceIndex(Source("synthetic", []), None, ["synthetic"], np.zeros(len(first), int), np.arange(len(first)),
-                        first, rows)
-    settings = PlanSettings(8192, 256, 512, "window", 1.05, 1, 8)
     t0 = time.perf_counter()
-    plan = plan_epoch([index], [1.0], 0, settings, seed=0, epoch=0, rank=0, world=1,
-                      read_lengths=lambda ix, c: lengths[ix.first_row[c]:ix.first_row[c] + ix.rows[c]])
+    plan = plan_lengths(lengths, PlanSettings(8192, 256, 512, "window", 1.05, 1, 8))
     seconds = time.perf_counter() - t0
     print(f"plan     60M synthetic proteins: {plan.batches} batches in {seconds:.1f} s "
           f"(padding efficiency {plan.padding_efficiency:.3f})")

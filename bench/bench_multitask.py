@@ -32,9 +32,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-from engine.batching import epoch_plan  # noqa: E402
-from engine.data import ShardDataset  # noqa: E402
-from engine.loop import lr_lambda, plan_args  # noqa: E402
+from engine.loop import lr_lambda  # noqa: E402
+from engine.stream import Feed  # noqa: E402
 from multitask.config import load  # noqa: E402
 from multitask.model import ModelConfig, MultitaskEncoder, flops_per_token  # noqa: E402
 from multitask.task import MultitaskTask, prepare  # noqa: E402
@@ -78,10 +77,8 @@ def plain_loop(cfg, steps: int, window: int) -> list[float]:
     PyTorch, same model and batches as the engine's rank 0 (same plan, same collate and rng
     seeds), AdamW + clipping + schedule."""
     task = MultitaskTask(cfg)
-    data = ShardDataset(cfg.data.train, task.columns)
-    plan = epoch_plan(data.lengths, **plan_args(cfg), seed=cfg.train.seed)
-    batches = plan.batches[:steps]
-    data.load(np.concatenate([b.rows for b in batches]))
+    feed = Feed(task.train_data(), cfg, task, rank=0, world=1)  # the engine's batches, made in-process
+    batches = [b for _, b in zip(range(steps), feed.batches(feed.plan(0), 0))]
     model = task.build_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
@@ -92,9 +89,7 @@ def plain_loop(cfg, steps: int, window: int) -> list[float]:
             if i > window:
                 rates.append(residues / (time.perf_counter() - start))
             start, residues = time.perf_counter(), 0
-        rng = np.random.default_rng([cfg.train.seed, 0, i, 0])
-        batch = task.collate([data.row(r) for r in b.rows], b.starts, b.lengths, rng)
-        loss, _ = task.loss(model, batch)
+        loss, _ = task.loss(model, b.tensors)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.deepspeed.grad_clip)
         opt.step()
@@ -149,8 +144,8 @@ def main() -> None:
     history = [json.loads(line) for line in (Path(metrics["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     engine = [h["residues_per_s"] for h in history if "residues_per_s" in h][1:]  # first window: warm-up
     plain += plain_loop(cfg, args.steps, WINDOW)
-    ds = ShardDataset(cfg.data.train, [])
-    plan = epoch_plan(ds.lengths, **plan_args(cfg), seed=cfg.train.seed)
+    task = MultitaskTask(cfg)
+    plan = Feed(task.train_data(), cfg, task, rank=0, world=1).plan(0)
     # The box is shared with other jobs: compare the least-disturbed windows (best of N) and medians.
     print(f"plain PyTorch loop, {len(plain)} windows of {WINDOW} steps (before + after the Ray run): "
           f"best {max(plain):.0f}, median {np.median(plain):.0f} residues/s")
@@ -159,7 +154,7 @@ def main() -> None:
     print(f"RATIO throughput engine / plain = {max(engine) / max(plain):.3f} best-of-windows, "
           f"{np.median(engine) / np.median(plain):.3f} median  (target >= 0.9)")
     print(f"RATIO padding efficiency = {plan.padding_efficiency:.3f} over a full epoch "
-          f"({len(plan.batches)} batches); in the Ray run {metrics['padding_efficiency']:.3f}  (target >= 0.9)")
+          f"({plan.batches} batches); in the Ray run {metrics['padding_efficiency']:.3f}  (target >= 0.9)")
 
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()

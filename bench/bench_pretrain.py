@@ -33,9 +33,9 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.batching import epoch_plan  # noqa: E402
-from engine.data import ShardDataset  # noqa: E402
-from engine.loop import lr_lambda, plan_args  # noqa: E402
+from engine.epoch import plan_lengths, settings_from  # noqa: E402
+from engine.loop import lr_lambda  # noqa: E402
+from engine.stream import Feed  # noqa: E402
 from pretrain import config as pretrain_config  # noqa: E402
 from data_prep.fasta_read import fasta_lengths  # noqa: E402
 from pretrain.config import CONFIG_DIR  # noqa: E402
@@ -52,10 +52,10 @@ def padding(name: str, cfg) -> float:
     d = cfg.data
     lengths = corpus_lengths()
     t0 = time.perf_counter()
-    plan = epoch_plan(lengths, **plan_args(cfg), seed=0)
+    plan = plan_lengths(lengths, settings_from(cfg))
     ms = 1000 * (time.perf_counter() - t0)
     print(f"padding  {name:7s} budget={d.residues_per_batch} max_length={d.max_length}: {len(lengths)} proteins, "
-          f"{plan.stats.long_proteins} windowed, {len(plan.batches)} batches, planned in {ms:.0f} ms, "
+          f"{plan.stats.long_proteins} windowed, {plan.batches} batches, planned in {ms:.0f} ms, "
           f"efficiency {plan.padding_efficiency:.3f} (target >= 0.9)")
     return plan.padding_efficiency
 
@@ -67,19 +67,16 @@ def plain_loop(cfg, warmup: int, steps: int, device: str, bf16: bool) -> float:
     model = task.build_model().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim, cfg.train.max_steps))
-    data = ShardDataset(cfg.data.train, task.columns)
-    plan = epoch_plan(data.lengths, **plan_args(cfg), seed=cfg.train.seed, epoch=0)
-    batches = plan.batches[:warmup + steps]
-    assert len(batches) == warmup + steps, "not enough batches in one epoch for the benchmark"
-    data.load(np.concatenate([b.rows for b in batches]))
+    feed = Feed(task.train_data(), cfg, task, rank=0, world=1)  # the engine's batches, made in-process
+    plan = feed.plan(0)
+    assert plan.batches >= warmup + steps, "not enough batches in one epoch for the benchmark"
     residues, start = 0, None
-    for i, b in enumerate(batches):
+    for i, b in zip(range(warmup + steps), feed.batches(plan, 0)):
         if i == warmup:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        rng = np.random.default_rng([cfg.train.seed, 0, i, 0])
-        batch = {k: v.to(device) for k, v in task.collate([data.row(r) for r in b.rows], b.starts, b.lengths, rng).items()}
+        batch = {k: v.to(device) for k, v in b.tensors.items()}
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             loss, _ = task.loss(model, batch)
         loss.backward()

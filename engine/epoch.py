@@ -5,8 +5,9 @@ The SeqVec recipe at any scale, without a global shuffle of rows:
    every row once) as whole row groups in a fresh random order, cycled when the share exceeds
    the source; the last row group of a share gives a random subset of its rows. (A small source
    whose rows are sorted, e.g. by class, can ask for rows in random order instead.)
-2. The draws of all sources are shuffled together and dealt round-robin to the ranks, so a rank
-   reads about 1/world of the row groups (and of the bytes), sequentially, one group at a time.
+2. The draws of all sources are shuffled together and dealt to the ranks in that order, each to
+   the rank with the fewest bytes so far: a rank reads about 1/world of the bytes, one row group
+   at a time.
 3. A rank's draws are cut into windows of `data.window_chunks` row groups. Inside a window,
    long proteins become pieces and pieces are packed by length under the residue budget
    (engine.batching). Reading a window's `length` column is all the planning reads.
@@ -157,7 +158,7 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     draws = draw_chunks(indexes, weights, proteins, rng)
     if not draws:
         raise ValueError("no rows to train on (empty sources or an empty row selection)")
-    mine = draws[rank::world]
+    mine = [draws[k] for k in np.flatnonzero(deal(draws, indexes, world) == rank)]
     duplicate = not mine
     if duplicate:  # fewer draws than ranks: read another rank's, its batches count as fillers
         mine = [draws[rank % len(draws)]]
@@ -205,9 +206,45 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     return EpochPlan(windows, total, own, stats, sums[5], sums[6])
 
 
+def deal(draws: list[list[Entry]], indexes: list[SourceIndex], world: int) -> np.ndarray:
+    """The rank of each draw: in the (shuffled) draw order, each goes to the rank with the fewest
+    bytes so far, so every rank reads within one row group of 1/world of the bytes."""
+    loads = np.zeros(world)
+    owner = np.empty(len(draws), dtype=np.int64)
+    for k, draw in enumerate(draws):
+        r = int(np.argmin(loads))
+        owner[k] = r
+        for s, c, picks in draw:
+            ix = indexes[s]
+            size = ix.read_bytes(c, ix.source.columns) if ix.column_bytes else int(ix.rows[c])
+            loads[r] += size if picks is None else size * len(picks) / max(1, int(ix.rows[c]))
+    return owner
+
+
 def _pick(values: np.ndarray, picks: np.ndarray | None) -> np.ndarray:
     return values if picks is None else values[picks]
 
 
 def _read_lengths(index: SourceIndex, chunk: int) -> np.ndarray:
     return index.read(chunk, ["length"]).column("length").to_numpy().astype(np.int64)
+
+
+def settings_from(cfg) -> PlanSettings:
+    """The plan settings an ExperimentConfig's `data` section sets."""
+    d = cfg.data
+    return PlanSettings(d.residues_per_batch, d.max_batch_size, d.max_length, d.long_proteins, d.bucket_ratio,
+                        d.min_length, d.window_chunks)
+
+
+def plan_lengths(lengths: np.ndarray, settings: PlanSettings, *, seed: int = 0, epoch: int = 0,
+                 group_rows: int = 512) -> EpochPlan:
+    """One process's plan over in-memory protein lengths laid out in row groups of `group_rows`
+    (benchmarks and tests of planning without shard files)."""
+    from .sources import Source
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    first = np.arange(0, len(lengths), group_rows)
+    index = SourceIndex(Source("<lengths>", []), None, ["<lengths>"], np.zeros(len(first), np.int64),
+                        np.arange(len(first)), first, np.minimum(group_rows, len(lengths) - first))
+    return plan_epoch([index], [1.0], 0, settings, seed=seed, epoch=epoch, rank=0, world=1,
+                      read_lengths=lambda ix, c: lengths[ix.first_row[c]:ix.first_row[c] + ix.rows[c]])

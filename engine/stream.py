@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .epoch import EpochPlan, PlanSettings, Window, plan_epoch
+from .epoch import EpochPlan, Window, plan_epoch, settings_from
 from .sources import SourceIndex, row_dicts
 
 
@@ -49,8 +49,8 @@ class WindowReader:
     @classmethod
     def create(cls, task, indexes: list[SourceIndex], seed: int, epoch: int, rank: int,
                training: bool) -> "WindowReader":
-        return cls(task, [ix.fs for ix in indexes],
-                   [list(dict.fromkeys(["length", *ix.source.columns])) for ix in indexes], seed, epoch, rank,
+        # "length" was read when planning; batches carry the piece lengths
+        return cls(task, [ix.fs for ix in indexes], [list(ix.source.columns) for ix in indexes], seed, epoch, rank,
                    training)
 
     def __call__(self, window: Window) -> Iterator[ReadyBatch]:
@@ -119,10 +119,8 @@ class Feed:
         self.indexes = [open_source(s, cfg.data.limit) for s in mixture.sources]
         self.weights = [s.weight for s in mixture.sources]
         self.proteins = mixture.proteins
-        d = cfg.data
-        self.settings = PlanSettings(d.residues_per_batch, d.max_batch_size, d.max_length, d.long_proteins,
-                                     d.bucket_ratio, d.min_length, d.window_chunks)
-        self.data_cfg, self.task, self.seed = d, task, cfg.train.seed
+        self.settings = settings_from(cfg)
+        self.data_cfg, self.task, self.seed = cfg.data, task, cfg.train.seed
         self.rank, self.world, self.agree, self.use_ray, self.training = rank, world, agree, use_ray, training
 
     def plan(self, epoch: int) -> EpochPlan:

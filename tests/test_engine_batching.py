@@ -7,7 +7,7 @@ import pytest
 
 from data_prep.fasta_read import fasta_lengths
 from engine.batching import make_pieces, pack_batches, pad_stack
-from engine.epoch import PlanSettings, plan_epoch
+from engine.epoch import PlanSettings, plan_epoch, plan_lengths
 from engine.sources import Source, SourceIndex
 
 SETTINGS = PlanSettings(residues_per_batch=8192, max_batch_size=256, max_length=512, long_proteins="window",
@@ -40,7 +40,7 @@ def plans(lengths, world: int, epoch: int = 0, seed: int = 0, group_rows: int = 
 
 def test_padding_efficiency_and_budget_on_real_corpus(corpus_lengths):
     assert len(corpus_lengths) == 44331
-    (plan,), _ = plans(corpus_lengths, 1, seed=1)
+    plan = plan_lengths(corpus_lengths, SETTINGS, seed=1)
     assert plan.padding_efficiency >= 0.9
     batches = [(w.lengths[b]) for w in plan.windows for b in range(len(w))]
     assert all(x.max() * len(x) <= 8192 and len(x) <= 256 and x.max() <= 512 for x in batches)
