@@ -133,7 +133,7 @@ def _with_long_protein(shared_data, tmp_path):
     src = deeploc_shards(shared_data / "deeploc" / "deeploc_our_val_set.fasta", tmp_path / "src", limit=12)
     rows = read_table(src).to_pylist()
     seq = long_protein(shared_data)
-    rows.append({**rows[0], "id": "LONG35K", "sequence": seq, "length": LONG, "tokens": encode(seq).tolist()})
+    rows.append({**rows[0], "id": "LONG35K", "sequence": seq, "length": LONG, "tokens": encode(seq).tobytes()})
     out = tmp_path / "with_long"
     write_table_shards(pa.Table.from_pylist(rows, schema=DEEPLOC_SCHEMA), out / "data", 5)
     write_rejects([], out)
