@@ -27,6 +27,7 @@ from .fasta_parse import SEQUENCE_SCHEMA, parse_block
 from .fasta_read import ByteRange, iter_gzip_blocks, plan_ranges, read_range
 
 DEFAULT_BLOCK_SIZE = 32 << 20
+MAX_BLOCK_SIZE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ def convert_fasta(inputs: list[str], out: str | Path, opts: FastaOptions = Fasta
         raise DataPrepError(f"fasta: bad length limits min={opts.min_length} max={opts.max_length}")
     if opts.shard_size < 1 or opts.block_size < 1:
         raise DataPrepError("fasta: --shard-size and --block-size must be positive")
+    if opts.block_size > MAX_BLOCK_SIZE:  # a block's columns are Arrow arrays with 32-bit offsets
+        raise DataPrepError(f"fasta: --block-size-mb must be at most {MAX_BLOCK_SIZE >> 20}")
     out = Path(out).resolve()
     ranges = plan_ranges([str(Path(p).resolve()) for p in inputs], opts.block_size)
     staging = out / ".staging"

@@ -56,6 +56,9 @@ def test_flip(shared_data, tmp_path):
     assert first["disorder"][:3].tolist() == [1, 1, 0] and first["ss3"][:3].tolist() == [-1, -1, 2]
     assert first["eval_mask"][:3].tolist() == [0, 0, 1]
     assert len(first["ss3"]) == r["length"] == len(r["tokens"])
+    # Row groups of at most 512 rows in every command's shards (the engine streams row groups).
+    meta = pq.ParquetFile(shards.data_files(tmp_path / "all")[0]).metadata
+    assert meta.num_row_groups == -(-11156 // shards.ROW_GROUP_ROWS) and meta.row_group(0).num_rows == 512
     tr = labels_flip(flip, tmp_path / "train", splits={"train", "valid"})
     assert tr["rows"] == 10792 and tr["rejected"] == {"split_not_selected": 364}
     assert set(shards.read_table(tmp_path / "train", ["split"])["split"].to_pylist()) == {"train", "valid"}
