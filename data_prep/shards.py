@@ -66,8 +66,8 @@ def read_manifest(out: str | Path) -> dict:
 
 
 def check_schema(out: str | Path) -> dict:
-    """The manifest of shard directory `out`, or one-line DataPrepError if it is missing or was
-    written in another schema version (old list<...> columns would be misread as bytes)."""
+    """The manifest of shard directory `out`, or a one-line DataPrepError if it is missing or was
+    written in another schema version (every reader assumes version 2's binary cells)."""
     try:
         manifest = read_manifest(out)
     except FileNotFoundError as err:
@@ -104,9 +104,8 @@ def binary_array(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None
     if offsets[-1] >= 2**31:
         raise ValueError(f"{offsets[-1]} bytes do not fit one binary array (2 GiB); write smaller batches")
     mask = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(arrow_type, n, [mask, pa.py_buffer(offsets.astype(np.int32)),
-                                           pa.py_buffer(np.ascontiguousarray(data))],
-                                 null_count=-1 if valid is not None else 0)
+    buffers = [mask, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(np.ascontiguousarray(data))]
+    return pa.Array.from_buffers(arrow_type, n, buffers, null_count=-1 if valid is not None else 0)
 
 
 def write_parquet(table: pa.Table, path: str | Path, row_group_rows: int = ROW_GROUP_ROWS) -> None:
