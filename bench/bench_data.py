@@ -94,9 +94,10 @@ def child(shards: Path, steps: int, mode: str) -> dict:
     plan = feed.plan(0)
     model = task.build_model()
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
-    stream = feed.batches(plan, 0)
+    made = feed.batches(plan, 0)
+    stream = made
     if mode == "memory":  # the reference: every batch made before the loop starts
-        stream = iter([next(stream) for _ in range(steps + 1)])
+        stream = iter([next(made) for _ in range(steps + 1)])
     first_step = None
     residues, start = 0, None
     for i, ready in zip(range(steps + 1), stream):
@@ -110,6 +111,7 @@ def child(shards: Path, steps: int, mode: str) -> dict:
         else:
             residues += ready.residues
     seconds = time.perf_counter() - start
+    made.close()  # stop the Ray Data pipeline before Ray goes
     ray.shutdown()
     return {"first_step_s": first_step, "residues_per_s": residues / seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -117,7 +119,9 @@ def child(shards: Path, steps: int, mode: str) -> dict:
 
 def run_child(shards: Path, steps: int, mode: str) -> dict:
     out = subprocess.run([PY, __file__, "--child", str(shards), "--steps", str(steps), "--mode", mode],
-                         check=True, capture_output=True, text=True, cwd=REPO)
+                         capture_output=True, text=True, cwd=REPO)
+    if out.returncode:
+        raise SystemExit(f"training process on {shards} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
