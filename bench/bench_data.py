@@ -161,8 +161,8 @@ def plan_seconds(proteins: int = 60_000_000) -> float:
 def fasta_figure() -> float:
     out = subprocess.run([PY, str(REPO / "bench" / "bench_fasta.py")], check=True, capture_output=True, text=True,
                          cwd=REPO)
-    line = json.loads(out.stdout.strip().splitlines()[-1])
-    return float(line["mres_per_core"])
+    line = json.loads(next(x for x in reversed(out.stdout.splitlines()) if x.startswith("{")))
+    return line["ray_residues_per_s_per_core"] / 1e6
 
 
 def main() -> None:

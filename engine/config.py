@@ -38,7 +38,7 @@ class DataConfig:
     limit: int = 0  # use only the first N rows of each source (0 = all); for smoke tests
     window_chunks: int = 8  # row groups read and length-packed together (bigger = better length grouping, more memory per read task)
     read_tasks: int = 2  # Ray Data tasks reading windows at once, per training worker
-    read_cpus: float = 0.5  # CPUs each read task reserves (a local Ray adds read_tasks x read_cpus per worker)
+    read_cpus: float = 0.0  # CPUs each read task reserves: 0 = none (they share the CPUs of the worker's node and never wait for a free one); > 0 lets Ray place them on spare CPUs anywhere (a local Ray adds them)
     buffer_mb: int = 256  # object-store memory for finished batches, per training worker
     prefetch_batches: int = 4  # batches a training worker fetches ahead
 
