@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 EXPORT_FILES = ("model.safetensors", "config.json")
 STATE_FILE = "train_state.json"
 DS_DIR = "ds"
 DS_TAG = "state"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """No usable checkpoint / export where one was expected (message names the path)."""
 
 
@@ -52,14 +54,18 @@ def consolidated_state_dict(engine) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(engine, directory: Path, *, state: dict, export_config: dict, task, rank: int) -> None:
-    """Write one checkpoint into `directory` (each rank its DeepSpeed part; rank 0 the rest)."""
+def save_checkpoint(engine, directory: Path, *, state: dict, export_config: dict, task, rank: int,
+                    weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write one checkpoint into `directory` (each rank its DeepSpeed part; rank 0 the rest).
+    `weights` replaces the current model as the export (a run that selects exports its best model;
+    resuming uses DeepSpeed's files, never the export)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     engine.save_checkpoint(str(directory / DS_DIR), tag=DS_TAG)
-    weights = consolidated_state_dict(engine)
+    if weights is None:
+        weights = consolidated_state_dict(engine)
     if rank == 0:
         save_file(weights, str(directory / "model.safetensors"))
         (directory / "config.json").write_text(json.dumps(export_config, indent=2) + "\n")

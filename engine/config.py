@@ -18,8 +18,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A user-caused configuration problem; the message is one line naming file and key."""
 
 
@@ -70,8 +72,11 @@ class LoopConfig:
     log_every: int = 10  # optimizer steps between metric reports
     eval_every: int = 0  # optimizer steps between validation passes (0 = only at the end, if data.valid)
     checkpoint_every: int = 200  # optimizer steps between checkpoints (one is always written at the end)
-    stop_after: int = 0  # stop the process after this many optimizer steps without finishing (0 = never); for tests of resume
-    fail_once_at_step: int = 0  # testing: the last rank raises once at this step, to exercise FailureConfig restarts (0 = never)
+    max_epochs: int = 0  # also stop at the end of this many epochs (0 = no epoch limit; train.max_steps always applies)
+    eval_every_epoch: bool = False  # evaluate, report and checkpoint at the end of every epoch (small heads: the epoch is the unit)
+    select_metric: str = ""  # evaluation log to select the best model on, e.g. "loss" (= eval_loss); "" = no selection, the export is the last model
+    select_mode: Literal["min", "max"] = "min"  # whether a smaller or a larger select_metric is better
+    patience: int = 0  # stop after this many evaluations without a better select_metric (0 = never; needs select_metric)
 
 
 @dataclass
@@ -160,6 +165,9 @@ def check_engine_values(cfg: ExperimentConfig, source: str = "<config>") -> None
         ("train.max_steps", cfg.train.max_steps >= 1, "must be >= 1"),
         ("train.log_every", cfg.train.log_every >= 1, "must be >= 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "must be >= 1"),
+        ("train.max_epochs", cfg.train.max_epochs >= 0, "must be >= 0"),
+        ("train.patience", cfg.train.patience >= 0, "must be >= 0"),
+        ("train.patience", not cfg.train.patience or bool(cfg.train.select_metric), "needs train.select_metric"),
         ("ray.num_workers", cfg.ray.num_workers >= 1, "must be >= 1"),
         ("ray.name", bool(cfg.ray.name) and "/" not in cfg.ray.name, "must be a non-empty name without '/'"),
     ]
@@ -184,10 +192,6 @@ def from_dict(cls: type, raw: dict, source: str = "<config>", prefix: str = ""):
 def to_dict(cfg) -> dict:
     """Plain nested dict of a config (for W&B, config.json and checkpoints)."""
     return dataclasses.asdict(cfg)
-
-
-def dump_yaml(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _convert(tp, value, source: str, key: str):

@@ -14,22 +14,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .errors import UserError
 from .ray_env import ensure_ray
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """Training failed under Ray; the message carries the worker's error in one line."""
 
 
 def _worker_entry(config: dict) -> None:
     from .loop import train_worker
 
-    train_worker(config["task_cls"], config["cfg"], under_ray=True)
+    train_worker(config["task_cls"], config["cfg"], under_ray=True, faults=config["faults"])
 
 
-def launch(task_cls, cfg: ExperimentConfig) -> dict:
-    """Train under Ray Train; returns rank 0's last reported metrics plus the checkpoint path."""
+def launch(task_cls, cfg: ExperimentConfig, *, faults=None) -> dict:
+    """Train under Ray Train; returns rank 0's last reported metrics plus the checkpoint path.
+    `faults` (engine.loop.Faults) are test hooks: an injected failure, an early stop."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.base_trainer import TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = with_absolute_paths(cfg)
@@ -40,7 +43,7 @@ def launch(task_cls, cfg: ExperimentConfig) -> dict:
     storage = r.storage_path
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"task_cls": task_cls, "cfg": cfg},
+        train_loop_config={"task_cls": task_cls, "cfg": cfg, "faults": faults},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                      resources_per_worker={"CPU": r.cpus_per_worker}),
@@ -50,10 +53,10 @@ def launch(task_cls, cfg: ExperimentConfig) -> dict:
     )
     try:
         result = trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; keep the root cause on one line
-        raise LaunchError(f"run {storage}/{r.name} failed: {_root_cause(err)}") from err
+    except TrainingFailedError as err:
+        _raise_root(err, f"run {storage}/{r.name} failed")
     if result.error is not None:
-        raise LaunchError(f"run {storage}/{r.name} failed: {_root_cause(result.error)}")
+        _raise_root(result.error, f"run {storage}/{r.name} failed")
     out = dict(result.metrics or {})
     out["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     out["run_dir"] = str(Path(storage) / r.name)
@@ -72,8 +75,13 @@ def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
                    wandb=replace(cfg.wandb, dir=absolute(cfg.wandb.dir)))
 
 
-def _root_cause(err: BaseException) -> str:
-    while err.__cause__ is not None:
-        err = err.__cause__
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[-1] if text else ''}"
+def _raise_root(err: BaseException, what: str):
+    """Ray wraps a worker's exception (and its restarts) in its own; a user-caused one (UserError:
+    bad data, bad key) becomes one LaunchError line, anything else is a bug and keeps its traceback."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if isinstance(root, UserError):
+        text = str(root).strip().splitlines()
+        raise LaunchError(f"{what}: {text[-1] if text else type(root).__name__}") from err
+    raise err

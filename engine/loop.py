@@ -116,14 +116,31 @@ def _ray_context() -> WorkerContext:
     return WorkerContext(rank, world, local, device, under_ray=True)
 
 
-def run_plain(task_cls, cfg: ExperimentConfig) -> dict:
+@dataclass
+class Faults:
+    """Test hooks, passed by tests to `run_plain` / `launch` (never part of a user's config)."""
+    stop_after: int = 0  # end the process after this many optimizer steps, with a checkpoint, unfinished (resume tests)
+    fail_once_at_step: int = 0  # the last rank raises once at this step (a marker file in the run dir remembers it)
+
+
+def run_plain(task_cls, cfg: ExperimentConfig, *, faults: Faults | None = None) -> dict:
     """Train in this process without Ray (debugging; benchmarks' single-process reference)."""
-    return train_worker(task_cls, cfg, under_ray=False)
+    return train_worker(task_cls, cfg, under_ray=False, faults=faults)
 
 
-def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dict:
-    """Train `task_cls(cfg)` on this worker until `train.max_steps`; returns the last metrics."""
+def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults: Faults | None = None) -> dict:
+    """Train `task_cls(cfg)` on this worker until `train.max_steps` (or `train.max_epochs`, or early
+    stopping); returns the last metrics.
+
+    Selection (`train.select_metric`): every evaluation compares eval_<metric> with the best so far;
+    a better one keeps a copy of the consolidated weights, and every checkpoint's export
+    (model.safetensors) is then the best model, not the last one, so `export(run)` hands downstream
+    the selected model. `train.patience` evaluations without improvement end the run. The best value,
+    its step and epoch and the evaluations since are part of the train state, so a resumed run
+    selects and stops exactly as an uninterrupted one."""
     import deepspeed
+
+    faults = faults or Faults()
 
     ctx = _ray_context() if under_ray else _plain_context()
     seed = cfg.train.seed
@@ -142,9 +159,11 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "residues_seen": 0,
              "world_size": ctx.world_size, "zero_stage": cfg.deepspeed.zero_stage}
     resume_dir = _resume_dir(ctx, run_dir)
+    selection = _Selection(cfg.train)
     if resume_dir is not None:
         state = ckpt.load_checkpoint(engine, resume_dir, world_size=ctx.world_size,
                                      zero_stage=cfg.deepspeed.zero_stage)
+        selection.restore(state, resume_dir)
     commit = git_commit()
     full_config = {**to_dict(cfg), "task": task.kind, "world_size": ctx.world_size, "bf16": bf16,
                    "git_commit": commit}
@@ -162,14 +181,28 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
     window = _Window()
     last: dict = {}
     micro = 0
-    stop_at = cfg.train.stop_after or cfg.train.max_steps
-    done = state["step"] >= cfg.train.max_steps
+    stop_at = faults.stop_after or cfg.train.max_steps
+    per_epoch = cfg.train.eval_every_epoch
+    done = state["step"] >= cfg.train.max_steps or state.get("finished", False)
+    epoch_start = time.perf_counter()
+
+    def report(metrics: dict, save: bool) -> None:
+        """Log on rank 0; checkpoint (every rank) or report to Ray Train without one."""
+        metrics.update(selection.summary())
+        tracker.log(metrics, state["step"])
+        if save:
+            weights = selection.weights if selection.active else None
+            _checkpoint(engine, task, cfg, ctx, state, metrics, run_dir, commit, weights)
+        elif ctx.under_ray:
+            import ray.train
+            ray.train.report(metrics)
+
     engine.train()
     while not done:
         plan = feed.plan(state["epoch"])
         if not plan.batches:
             raise ValueError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
-        if ctx.rank == 0 and state["batch_in_epoch"] == 0:
+        if ctx.rank == 0 and state["batch_in_epoch"] == 0 and (state["epoch"] == 0 or not per_epoch):
             st = plan.stats
             print(f"[engine] epoch {state['epoch']}: {plan.batches} batches per rank ({plan.own_batches} on rank 0 "
                   f"before fillers), {st.proteins} proteins -> {st.pieces} pieces ({st.long_proteins} longer than "
@@ -193,42 +226,112 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True) -> dic
             state["batch_in_epoch"] = index + 1
             step = state["step"]
             window.grad_norms.append(_grad_norm(engine))
-            _maybe_inject_failure(cfg, ctx, step, run_dir)
+            _maybe_inject_failure(faults, ctx, step, run_dir)
             final = step >= cfg.train.max_steps
-            save = step % cfg.train.checkpoint_every == 0 or final or step == stop_at
-            if step % cfg.train.log_every == 0 or save:
+            # with per-epoch reports the epoch's last step is reported and saved after its evaluation
+            epoch_end = per_epoch and index + 1 == plan.batches and not final
+            save = (step % cfg.train.checkpoint_every == 0 or final or step == stop_at) and not epoch_end
+            if (step % cfg.train.log_every == 0 or save) and not epoch_end:
                 metrics = window.reduce(ctx, task)
                 state["residues_seen"] += int(metrics.get("residues", 0))
                 metrics.update(lr=scheduler_lr(engine), step=step, epoch=state["epoch"])
                 if valid is not None and (final or (cfg.train.eval_every and step % cfg.train.eval_every == 0)):
                     metrics.update(evaluate(task, engine, valid, cfg, ctx))
-                tracker.log(metrics, step)
+                    state["finished"] = selection.update(metrics, state, engine) or final
+                report(metrics, save or state.get("finished", False))
                 last = metrics
-                if save:
-                    _checkpoint(engine, task, cfg, ctx, state, metrics, run_dir, commit)
-                elif ctx.under_ray:
-                    import ray.train
-                    ray.train.report(metrics)
-            if final or step == stop_at:
+            if final or step == stop_at or state.get("finished"):
                 done = True
                 break
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+            state["train_seconds"] = state.get("train_seconds", 0.0) + time.perf_counter() - epoch_start
+            if per_epoch:
+                metrics = window.reduce(ctx, task)
+                state["residues_seen"] += int(metrics.get("residues", 0))
+                metrics.update(lr=scheduler_lr(engine), step=state["step"], epoch=state["epoch"],
+                               seconds_per_epoch=state["train_seconds"] / state["epoch"])
+                if valid is not None:
+                    metrics.update(evaluate(task, engine, valid, cfg, ctx))
+                    state["finished"] = selection.update(metrics, state, engine)
+                if cfg.train.max_epochs and state["epoch"] >= cfg.train.max_epochs:
+                    state["finished"] = True
+                report(metrics, save=True)
+                last = metrics
+                if ctx.rank == 0:
+                    print(f"[engine] epoch {state['epoch']}: " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k in ("loss", "eval_loss", "seconds_per_epoch", "best_epoch") or k == f"eval_{selection.metric}"),
+                        flush=True)
+            elif cfg.train.max_epochs and state["epoch"] >= cfg.train.max_epochs:
+                state["finished"] = True
+                metrics = window.reduce(ctx, task)
+                metrics.update(lr=scheduler_lr(engine), step=state["step"], epoch=state["epoch"])
+                if valid is not None:
+                    metrics.update(evaluate(task, engine, valid, cfg, ctx))
+                    selection.update(metrics, state, engine)
+                report(metrics, save=True)
+                last = metrics
+            done = done or state.get("finished", False)
+            epoch_start = time.perf_counter()
         stream.close()
     tracker.finish()
     return last
 
 
-def _maybe_inject_failure(cfg: ExperimentConfig, ctx: WorkerContext, step: int, run_dir: Path) -> None:
-    """train.fail_once_at_step: one simulated worker crash per run (a marker file remembers it)."""
-    if step != cfg.train.fail_once_at_step or ctx.rank != ctx.world_size - 1:
+def _maybe_inject_failure(faults: Faults, ctx: WorkerContext, step: int, run_dir: Path) -> None:
+    """Faults.fail_once_at_step: one simulated worker crash per run (a marker file remembers it)."""
+    if step != faults.fail_once_at_step or ctx.rank != ctx.world_size - 1:
         return
     marker = run_dir / f".injected_failure_{step}"
     if not marker.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         marker.touch()
-        raise RuntimeError(f"injected failure at step {step} (train.fail_once_at_step)")
+        raise RuntimeError(f"injected failure at step {step} (Faults.fail_once_at_step)")
+
+
+class _Selection:
+    """Best model on a validation metric, and patience (counted in evaluations)."""
+
+    def __init__(self, train_cfg):
+        self.metric, self.mode, self.patience = train_cfg.select_metric, train_cfg.select_mode, train_cfg.patience
+        self.active = bool(self.metric)
+        self.best: dict | None = None  # {"value", "step", "epoch"}
+        self.stale = 0  # evaluations since the best
+        self.weights: dict | None = None  # consolidated weights of the best model (CPU)
+
+    def restore(self, state: dict, checkpoint_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.best, self.stale = state.get("best"), state.get("evals_since_best", 0)
+        if self.active and self.best is not None:
+            self.weights = load_file(str(Path(checkpoint_dir) / "model.safetensors"))
+
+    def update(self, metrics: dict, state: dict, engine) -> bool:
+        """Take one evaluation's metrics; True when patience has run out. Collective (all ranks)."""
+        if not self.active:
+            return False
+        key = f"eval_{self.metric}"
+        if key not in metrics:
+            raise KeyError(f"train.select_metric: the evaluation reports no {key!r} "
+                           f"(it has {', '.join(k for k in metrics if k.startswith('eval_'))})")
+        value = float(metrics[key])
+        better = (self.best is None or (value < self.best["value"] if self.mode == "min" else value > self.best["value"]))
+        if better:
+            self.best = {"value": value, "step": state["step"], "epoch": state["epoch"]}
+            self.stale = 0
+            self.weights = ckpt.consolidated_state_dict(engine)
+        else:
+            self.stale += 1
+        state["best"], state["evals_since_best"] = self.best, self.stale
+        return bool(self.patience) and self.stale >= self.patience
+
+    def summary(self) -> dict:
+        if not self.active or self.best is None:
+            return {}
+        return {f"best_eval_{self.metric}": self.best["value"], "best_step": self.best["step"],
+                "best_epoch": self.best["epoch"], "evals_since_best": self.stale}
 
 
 def scheduler_lr(engine) -> float:
@@ -284,8 +387,9 @@ class _Window:
 def evaluate(task, engine, feed: Feed, cfg: ExperimentConfig, ctx: WorkerContext) -> dict:
     """Mean task logs over the whole evaluation set (split over ranks), prefixed with 'eval_'.
 
-    Evaluation only: nothing here selects checkpoints or stops training, which is why a stage may
-    point `data.valid` at its test sets to watch them during training (multitask does)."""
+    Selection and early stopping (train.select_metric, train.patience) act on these numbers, so a
+    task that selects must evaluate on a validation split only; a stage that watches its test sets
+    during training (multitask does) must leave train.select_metric empty."""
     plan = feed.plan(EVAL_EPOCH)
     window = _Window()
     engine.eval()
@@ -329,14 +433,18 @@ def _resume_dir(ctx: WorkerContext, run_dir: Path) -> Path | None:
     return ckpt.latest_checkpoint(run_dir)
 
 
-def _checkpoint(engine, task, cfg, ctx: WorkerContext, state: dict, metrics: dict, run_dir: Path, commit: str):
+def _checkpoint(engine, task, cfg, ctx: WorkerContext, state: dict, metrics: dict, run_dir: Path, commit: str,
+                weights: dict | None = None):
+    """`weights`: the export's weights when they are not the current model's (the selected best)."""
     export_config = {**task.export_config(), "git_commit": commit,
                      "train": {"step": state["step"], "residues_seen": state["residues_seen"],
-                               "world_size": ctx.world_size, "config": to_dict(cfg)}}
+                               "world_size": ctx.world_size, "config": to_dict(cfg),
+                               "selected": state.get("best")}}
     name = ckpt.checkpoint_name(state["step"])
     if not ctx.under_ray:
         target = run_dir / name
-        ckpt.save_checkpoint(engine, target, state=dict(state), export_config=export_config, task=task, rank=0)
+        ckpt.save_checkpoint(engine, target, state=dict(state), export_config=export_config, task=task, rank=0,
+                             weights=weights)
         ckpt.prune_checkpoints(run_dir, cfg.ray.num_to_keep)
         return
     import ray.train
@@ -344,7 +452,7 @@ def _checkpoint(engine, task, cfg, ctx: WorkerContext, state: dict, metrics: dic
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}-rank{ctx.rank}-"))
     try:
         ckpt.save_checkpoint(engine, tmp, state=dict(state), export_config=export_config, task=task,
-                             rank=ctx.rank)
+                             rank=ctx.rank, weights=weights)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
                          checkpoint_dir_name=name)
     finally:

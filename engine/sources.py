@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .errors import UserError
+
 # The shard contract's version (docs/contracts.md; data_prep.shards.SCHEMA_VERSION, which a test
 # keeps equal): per-residue columns are binary, one fixed-width value per residue.
 SHARD_SCHEMA_VERSION = 2
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A user-caused data problem (missing shards, missing column, old format); one line naming the path."""
 
 

@@ -35,12 +35,13 @@ def read_metrics(run_dir):
 @pytest.mark.slow
 def test_two_ray_workers_with_deepspeed_lower_the_loss_and_survive_a_failure(shards, tmp_path, ray_session):
     from engine.launch import launch
+    from engine.loop import Faults
     from pretrain.__main__ import main
     from pretrain.embed import load_embedder
 
     cfg = small_cfg(shards, tmp_path, "ray2", "ray.num_workers=2", "deepspeed.zero_stage=2", "train.max_steps=16",
-                    "train.log_every=2", "train.checkpoint_every=6", "train.fail_once_at_step=8", "ray.max_failures=1")
-    out = launch(BiLSTMTask, cfg)
+                    "train.log_every=2", "train.checkpoint_every=6", "ray.max_failures=1")
+    out = launch(BiLSTMTask, cfg, faults=Faults(fail_once_at_step=8))
     run_dir = tmp_path / "ray2"
     assert out["step"] == 16 and out["checkpoint"].endswith("checkpoint_00000016")
     assert (run_dir / ".injected_failure_8").exists()  # rank 1 crashed once; Ray restarted from step 6
@@ -73,12 +74,12 @@ def test_two_ray_workers_with_deepspeed_lower_the_loss_and_survive_a_failure(sha
 
 
 def test_stopped_and_resumed_run_matches_uninterrupted(shards, tmp_path):
-    from engine.loop import run_plain
+    from engine.loop import Faults, run_plain
 
     common = ["train.max_steps=6", "train.log_every=1", "train.checkpoint_every=100", "deepspeed.zero_stage=1",
               "deepspeed.grad_accum_steps=2", "wandb.mode=disabled", "data.limit=120"]
     run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "full", *common))
-    stopped = run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "resumed", *common, "train.stop_after=3"))
+    stopped = run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "resumed", *common), faults=Faults(stop_after=3))
     assert stopped["step"] == 3 and latest_checkpoint(tmp_path / "resumed").name == "checkpoint_00000003"
     run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "resumed", *common))
     full, resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")

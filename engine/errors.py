@@ -1,0 +1,27 @@
+"""The one base class of errors a user can cause: bad file, bad config, missing tool, old format.
+
+Every stage's CLI (`python -m data_prep|pretrain|multitask|finetune`) catches `UserError` alone and
+prints its message as one line with exit code 2. Anything else is a bug and keeps its traceback,
+which is why no CLI catches `Exception`. Subclasses (ConfigError, DataError, CheckpointError,
+LaunchError, DataPrepError, FinetuneError) say where the problem was found; their messages name the
+file, line or key.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message is one line naming the file, line or key."""
+
+
+def run_cli(main: Callable[[], object], prog: str) -> int:
+    """Run a CLI body: 0 on success, 2 with one line on stderr for a `UserError`."""
+    try:
+        main()
+    except UserError as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2
+    return 0
