@@ -379,7 +379,7 @@ class _Window:
         residues, padded = t[-2].item(), t[-1].item()
         out.update(residues=residues, residues_per_s=residues / max(seconds, 1e-9),
                    padding_efficiency=residues / max(padded, 1),
-                   grad_norm=float(np.nanmean(self.grad_norms)) if self.grad_norms else float("nan"))
+                   grad_norm=float(np.nanmean(self.grad_norms)) if np.isfinite(self.grad_norms).any() else float("nan"))
         self.reset()
         return out
 

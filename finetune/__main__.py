@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
+from engine.errors import run_cli
 from engine.ray_env import ensure_ray
 
 from .errors import FinetuneError
@@ -15,10 +16,13 @@ from .errors import FinetuneError
 def _config(args):
     from .config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set or ())
     data = {k: getattr(args, k) for k in ("train", "valid", "test") if getattr(args, k, None)}
-    train = {k: getattr(args, k) for k in ("epochs", "num_workers", "seeds") if getattr(args, k, None) is not None}
-    return replace(cfg, data=replace(cfg.data, **data), train=replace(cfg.train, **train))
+    train = {"max_epochs": args.epochs} if args.epochs is not None else {}
+    if args.seeds is not None:
+        train["seeds"] = args.seeds
+    ray = {"num_workers": args.num_workers} if args.num_workers is not None else {}
+    return replace(cfg, data=replace(cfg.data, **data), train=replace(cfg.train, **train), ray=replace(cfg.ray, **ray))
 
 
 def _init_ray(num_cpus: int | None):
@@ -31,7 +35,7 @@ def _init_ray(num_cpus: int | None):
 
 
 def cmd_embed(args) -> None:
-    from .config import load_config, EmbedConfig
+    from .config import EmbedConfig, load_config
     from .extract import run_embed
 
     cfg = load_config(args.config).embed if args.config else EmbedConfig()
@@ -45,37 +49,41 @@ def cmd_embed(args) -> None:
 
 
 def _finish(rows, args, cfg, per_residue: bool):
-    from .experiment import git_commit
-    from .report import log_wandb, write_results
+    from engine.config import to_dict
+    from .report import log_results, write_results
 
     name = args.name or Path(args.out).name
     text = write_results(rows, args.out, f"{'Per-residue' if per_residue else 'DeepLoc'} results: {name}", per_residue)
     if not args.no_wandb:
-        mode = log_wandb(rows, {**asdict(cfg), "git_commit": git_commit(), "embedder": name},
-                         name=name, group=args.group, out=args.out)
-        print(f"[finetune] W&B run logged ({mode})")
+        mode = log_results(rows, {**to_dict(cfg), "embedder": name}, cfg.wandb, name=f"{name}-results",
+                           group=args.group, out=args.out)
+        print(f"[finetune] W&B results run logged ({mode})")
     print(text)
+
+
+def _prepare(args):
+    cfg = _config(args)
+    if args.no_wandb:
+        cfg = replace(cfg, wandb=replace(cfg.wandb, mode="disabled"))
+    cfg = replace(cfg, wandb=replace(cfg.wandb, group=args.group or cfg.wandb.group))
+    if not args.local:
+        _init_ray(args.num_cpus)
+    return cfg
 
 
 def cmd_deeploc(args) -> None:
     from .experiment import run_protein
 
-    cfg = _config(args)
-    if cfg.train.num_workers > 0:
-        _init_ray(args.num_cpus)
-    rows = run_protein(cfg, args.out, args.name or Path(args.out).name, tuple(args.methods.split(",")))
+    cfg = _prepare(args)
+    rows = run_protein(cfg, args.out, args.name or Path(args.out).name, tuple(args.methods.split(",")), local=args.local)
     _finish(rows, args, cfg, per_residue=False)
 
 
 def cmd_ss(args) -> None:
     from .experiment import run_residue
 
-    cfg = _config(args)
-    if cfg.model.head != "cnn":
-        cfg = replace(cfg, model=replace(cfg.model, head="cnn"))
-    if cfg.train.num_workers > 0:
-        _init_ray(args.num_cpus)
-    rows = run_residue(cfg, args.out, args.name or Path(args.out).name)
+    cfg = _prepare(args)
+    rows = run_residue(cfg, args.out, args.name or Path(args.out).name, local=args.local)
     _finish(rows, args, cfg, per_residue=True)
 
 
@@ -120,11 +128,13 @@ def main(argv=None) -> int:
         p.add_argument("--test", help="test embedding dir (evaluation only)")
         p.add_argument("--out", required=True, help="results dir: results.md/json, models, confusion PNGs")
         p.add_argument("--name", help="embedder name shown in tables (default: the out dir's name)")
-        p.add_argument("--epochs", type=int)
+        p.add_argument("--epochs", type=int, help="overrides train.max_epochs")
         p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 0,1,2")
-        p.add_argument("--num-workers", type=int, help="Ray Train workers (0 = one plain process)")
+        p.add_argument("--num-workers", type=int, help="Ray Train workers (overrides ray.num_workers)")
+        p.add_argument("--local", action="store_true", help="train in this process without Ray (engine.loop.run_plain)")
+        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1e-3 train.patience=30")
         p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started here")
-        p.add_argument("--group", default="finetune", help="W&B group")
+        p.add_argument("--group", default="", help="W&B group (default: wandb.group, else the out dir's name)")
         p.add_argument("--no-wandb", action="store_true", help="skip W&B logging")
         if name == "deeploc":
             p.add_argument("--methods", default="la,mlp,at,majority", help="comma list of la,mlp,at,majority")
@@ -139,12 +149,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_table)
 
     args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except FinetuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: args.func(args), "finetune")
 
 
 if __name__ == "__main__":

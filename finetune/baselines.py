@@ -4,20 +4,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .heads import ClassifierMLP, ProteinTask
+from .heads import ClassifierMLP
 
 
-class PooledMLP(ProteinTask):
+class PooledMLP(torch.nn.Module):
     """The LA classifier MLP applied to the per-protein mean embedding."""
 
-    def __init__(self, dim: int, hidden: int = 32, dropout: float = 0.25, membrane_head: bool = True,
-                 membrane_weight: float = 1.0):
+    def __init__(self, dim: int, hidden: int = 32, dropout: float = 0.25, membrane_head: bool = True):
         super().__init__()
-        self.membrane_weight = membrane_weight
         self.mlp = ClassifierMLP(dim, hidden, dropout, membrane_head)
 
-    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.mlp(batch["pooled"])
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.mlp(batch["pooled"].to(self.mlp.location.weight.dtype))
 
 
 def nearest_neighbours(query: np.ndarray, reference: np.ndarray, block: int = 512) -> np.ndarray:

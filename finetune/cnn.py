@@ -21,16 +21,18 @@ class ResidueCNN(nn.Module):
         self.first = nn.Sequential(nn.Conv1d(dim, filters, window, padding=pad), nn.ReLU(), nn.Dropout(dropout))
         self.heads = nn.ModuleDict({t: nn.Conv1d(filters, RESIDUE_TASKS[t], window, padding=pad) for t in tasks})
 
-    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Logits [B, L, classes] per task."""
-        h = self.first(batch["x"]) * batch["mask"].unsqueeze(1)  # padding stays zero for layer 2
+        x = batch["x"].to(self.first[0].weight.dtype)
+        h = self.first(x) * batch["mask"].unsqueeze(1).to(x.dtype)  # padding stays zero for layer 2
         return {t: head(h).transpose(1, 2) for t, head in self.heads.items()}
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        out = self.predict(batch)
-        loss = sum(v.sum() for v in out.values()) * 0.0
-        for task, logits in out.items():
-            term = masked_cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[task].reshape(-1))
-            if term is not None:
-                loss = loss + term
-        return loss
+
+def residue_loss(out: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
+    """Sum over tasks of the mean cross-entropy of labelled residues (-1 = no label)."""
+    loss = sum(v.float().sum() for v in out.values()) * 0.0  # keeps every parameter in the graph
+    for task, logits in out.items():
+        term = masked_cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[task].reshape(-1))
+        if term is not None:
+            loss = loss + term
+    return loss

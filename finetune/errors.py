@@ -1,5 +1,6 @@
-"""The one error type a user of finetune can cause (bad file, bad config, missing model)."""
+"""finetune's user errors (bad file, bad config, missing model): the project's one `UserError` type."""
+from engine.errors import UserError
 
 
-class FinetuneError(Exception):
+class FinetuneError(UserError):
     """Printed as one line by the CLI (exit code 2); never a traceback."""

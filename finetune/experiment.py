@@ -1,75 +1,102 @@
-"""One experiment on one embedder: train heads on the training embeddings, evaluate on test.
+"""One experiment on one embedder: train heads through the engine, score the selected models on test.
 
 Per protein (DeepLoc): LA, the mean-pool MLP, annotation transfer and the majority class, each
 reporting Q10, R_K MCC, per-class accuracy, a confusion-matrix PNG and membrane Q2/MCC.
 Per residue (secondary structure): the SeqVec CNN, reported per test set (the `dataset` column).
-Early stopping uses `data.valid`, or a seeded stratified hold-out of the training set. Nothing
-trains on the test set.
+LA, MLP and CNN train with `engine.launch` (Ray Train) or `engine.loop.run_plain` (`local=True`):
+one run per seed under `<out>/runs/<embedder>-<head>-seed<k>`, whose export is the epoch with the
+best validation loss (the engine's selection). The test set is read only after training.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .baselines import annotation_transfer, majority_class
-from .config import ExperimentConfig
-from .data import EmbeddingSet, load_embeddings, stratified_holdout
-from .errors import FinetuneError
-from .metrics import confusion_png, location_metrics, membrane_metrics, residue_metrics
-from .ray_train import fit_with_ray
-from .train import build_head, fit, predict
+from data_prep.labels import LOCATIONS
+from engine.checkpoint import load_export, resolve_checkpoint
+from engine.loop import EVAL_EPOCH
+from engine.sources import Mixture, Source, read_column, shard_columns
+from engine.stream import Feed
+from engine.metrics import location_metrics, membrane_metrics, residue_metrics
 
-try:  # the labels module of data_prep names the 10 classes; the contract fixes their order
-    from data_prep.labels import LOCATIONS
-except ImportError:
-    LOCATIONS = ("Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Golgi.apparatus", "Lysosome/Vacuole",
-                 "Mitochondrion", "Nucleus", "Peroxisome", "Plastid", "Extracellular")
+from .baselines import annotation_transfer, majority_class
+from .config import FinetuneConfig
+from .data import load_embeddings
+from .errors import FinetuneError
+from .report import confusion_png
+from .task import HeadTask
 
 PROTEIN_METHODS = ("la", "mlp", "at", "majority")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def train_head(cfg: FinetuneConfig, local: bool = False, faults=None) -> dict:
+    """One engine run of `cfg` (one head, one seed); returns the run's last metrics."""
+    if local:
+        from engine.loop import run_plain
+        return run_plain(HeadTask, cfg, faults=faults)
+    from engine.launch import launch
+    return launch(HeadTask, cfg, faults=faults)
 
 
-def _load(path: str | None, with_residues: bool = True) -> EmbeddingSet | None:
-    return None if path is None else load_embeddings(path, with_residues)
+def load_head(run_dir: str | Path, cfg: FinetuneConfig) -> tuple[HeadTask, torch.nn.Module, dict]:
+    """The task, the selected model (eval mode) and its export config.json of a finished run."""
+    config, weights = load_export(resolve_checkpoint(run_dir))
+    task = HeadTask(cfg)
+    task.__dict__["tasks"] = tuple(config.get("tasks", ()))  # the heads the run trained
+    model = task.build_model()
+    model.load_state_dict(weights)
+    return task, model.eval(), config
 
 
-def split_validation(cfg: ExperimentConfig, train: EmbeddingSet, valid: EmbeddingSet | None,
-                     key: str | None) -> tuple[EmbeddingSet, EmbeddingSet, dict]:
-    """Explicit validation set, else rows marked split=valid, else a seeded stratified hold-out."""
-    if valid is not None:
-        return train, valid, {"validation": "data.valid", "train": len(train), "valid": len(valid)}
-    splits = train.meta.get("split")
-    if splits is not None and "valid" in splits:
-        is_valid = np.array([s == "valid" for s in splits])
-        return (train.subset(np.flatnonzero(~is_valid)), train.subset(np.flatnonzero(is_valid)),
-                {"validation": "rows with split=valid", "train": int((~is_valid).sum()), "valid": int(is_valid.sum())})
-    if cfg.data.holdout_fraction <= 0:
-        raise FinetuneError("config key data.holdout_fraction: must be > 0 when data.valid is not set")
-    labels = train.labels[key] if key else np.zeros(len(train), np.int64)
-    keep, held = stratified_holdout(labels, cfg.data.holdout_fraction, cfg.data.split_seed)
-    return train.subset(keep), train.subset(held), {
-        "validation": f"stratified hold-out {cfg.data.holdout_fraction} (seed {cfg.data.split_seed})",
-        "train": len(keep), "valid": len(held)}
+@torch.no_grad()
+def predict(task: HeadTask, model: torch.nn.Module, path: str, cfg: FinetuneConfig) -> list[dict]:
+    """Per protein of shard dir `path`: {"id", "dataset", label name: (true, predicted)}.
+
+    The same engine path as evaluation during training (plan, read, collate_eval), in this process,
+    with whole proteins: the budget and the crop length are raised to the longest protein."""
+    longest = int(read_column(path, "length").max())
+    data = replace(cfg.data, max_length=max(cfg.data.max_length, longest),
+                   residues_per_batch=max(cfg.data.residues_per_batch, longest), limit=0)
+    pcfg = replace(cfg, data=data)
+    extra = ["id"] + (["dataset"] if "dataset" in shard_columns(path) else [])
+    feed = Feed(Mixture([Source(path, list(task.columns) + extra)]), pcfg, _WithIds(task, extra), rank=0, world=1,
+                training=False)
+    out = []
+    for ready in feed.batches(feed.plan(EVAL_EPOCH), EVAL_EPOCH):
+        batch = ready.tensors
+        logits = model(batch)
+        lengths = batch["mask"].sum(-1).tolist() if "mask" in batch else None
+        for i, pid in enumerate(batch["id"]):
+            item = {"id": pid, "dataset": batch["dataset"][i] if "dataset" in batch else "test"}
+            for name, value in logits.items():
+                key = name if task.per_residue else f"{name}_id"
+                pred = value[i].float().argmax(-1).numpy()
+                true = batch[key][i].numpy()
+                if task.per_residue:
+                    n = int(lengths[i])
+                    pred, true = pred[:n], true[:n]
+                item[name] = (true, pred)
+            if task.per_residue and "eval_mask" in batch:
+                mask = batch["eval_mask"][i, : int(lengths[i])].numpy()
+                item["eval_mask"] = mask if (mask >= 0).any() else None  # no mask cell: every residue counts
+            out.append(item)
+    return out
 
 
-def _train_one(cfg: ExperimentConfig, train, valid, seed: int, out: Path, name: str, tasks=()):
-    if cfg.train.num_workers > 0:
-        return fit_with_ray(cfg.model, cfg.train, train, valid, seed, out / "ray", name, tasks)
-    torch.manual_seed(seed)
-    model = build_head(cfg.model, train.dim, tasks)
-    return model, fit(model, train, valid, cfg.train, seed)
+class _WithIds:
+    """A task whose eval batches also carry the rows' ids (and dataset names), for scoring."""
+
+    def __init__(self, task: HeadTask, extra: list[str]):
+        self.task, self.extra = task, extra
+
+    def collate_eval(self, rows, starts, lengths, rng):
+        batch = self.task.collate_eval(rows, starts, lengths, rng)
+        for name in self.extra:
+            batch[name] = [r[name] for r in rows]
+        return batch
 
 
 def _mean_over_seeds(per_seed: list[dict]) -> dict:
@@ -85,108 +112,126 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
     return row
 
 
-def _protein_row(test: EmbeddingSet, location_pred, membrane_pred, cfg: ExperimentConfig) -> dict:
+def _protein_row(true_loc, pred_loc, true_mem, pred_mem, cfg: FinetuneConfig) -> dict:
     n, seed = cfg.train.bootstrap, cfg.train.bootstrap_seed
-    loc = location_metrics(test.labels["location_id"], location_pred, len(LOCATIONS), n, seed)
+    loc = location_metrics(true_loc, pred_loc, len(LOCATIONS), n, seed)
     row = {k: loc[k] for k in ("q10", "q10_se", "mcc", "mcc_se", "n", "unlabelled")}
     row["per_class_accuracy"] = dict(zip(LOCATIONS, loc["per_class_accuracy"]))
     row["confusion"] = loc["confusion"]
-    if membrane_pred is not None and "membrane_id" in test.labels:
-        mem = membrane_metrics(test.labels["membrane_id"], membrane_pred, n, seed)
+    if pred_mem is not None and true_mem is not None:
+        mem = membrane_metrics(true_mem, pred_mem, n, seed)
         row.update({"membrane_q2": mem["q2"], "membrane_q2_se": mem["q2_se"], "membrane_mcc": mem["mcc"],
                     "membrane_mcc_se": mem["mcc_se"], "membrane_n": mem["n"]})
     return row
 
 
-def run_protein(cfg: ExperimentConfig, out: str | Path, embedder: str = "",
-                methods: tuple[str, ...] = PROTEIN_METHODS, log=print) -> list[dict]:
-    """DeepLoc localisation (+ membrane) with every method; writes results and models under `out`."""
+def _run_cfg(cfg: FinetuneConfig, head: str, seed: int, out: Path, name: str) -> FinetuneConfig:
+    return replace(cfg, model=replace(cfg.model, head=head), train=replace(cfg.train, seed=seed),
+                   ray=replace(cfg.ray, storage_path=str(out / "runs"), name=name),
+                   wandb=replace(cfg.wandb, group=cfg.wandb.group or out.name))
+
+
+def _trained(cfg: FinetuneConfig, head: str, seed: int, out: Path, name: str, local: bool, log) -> tuple:
+    run_cfg = _run_cfg(cfg, head, seed, out, name)
+    metrics = train_head(run_cfg, local)
+    task, model, config = load_head(out / "runs" / name, run_cfg)
+    selected = config["train"].get("selected") or {}
+    info = {"best_epoch": selected.get("epoch"), "epochs_run": metrics.get("epoch"),
+            "best_val_loss": selected.get("value"), "seconds_per_epoch": round(metrics.get("seconds_per_epoch", 0.0), 3)}
+    log(f"[finetune] {name}: best epoch {info['best_epoch']} of {info['epochs_run']} "
+        f"(val loss {info['best_val_loss']:.4f}), {info['seconds_per_epoch']} s/epoch")
+    return run_cfg, task, model, info
+
+
+def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
+                methods: tuple[str, ...] = PROTEIN_METHODS, local: bool = False, log=print) -> list[dict]:
+    """DeepLoc localisation (+ membrane) with every method; writes results and runs under `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(methods) - set(PROTEIN_METHODS)
     if unknown:
         raise FinetuneError(f"unknown method(s) {sorted(unknown)} (known: {', '.join(PROTEIN_METHODS)})")
-    if cfg.data.train is None or cfg.data.test is None:
+    if not cfg.data.train or not cfg.data.test:
         raise FinetuneError("config keys data.train and data.test are required (or --train/--test)")
-    needs_residues = "la" in methods
-    full = _load(cfg.data.train, needs_residues)
-    test = _load(cfg.data.test, needs_residues)
-    for name, data in (("data.train", full), ("data.test", test)):
-        if "location_id" not in data.labels:
-            raise FinetuneError(f"{getattr(cfg.data, name.split('.')[1])}: no location_id column (not DeepLoc embeddings)")
-    train, valid, split_info = split_validation(cfg, full, _load(cfg.data.valid, needs_residues), "location_id")
-    split_info["excluded_from_location_loss"] = int((full.labels["location_id"] < 0).sum())
-    log(f"[finetune] {embedder}: train {split_info['train']}, valid {split_info['valid']} "
-        f"({split_info['validation']}), test {len(test)}; {split_info['excluded_from_location_loss']} "
-        "training rows without one of the 10 locations are left out of the location loss")
+    for key in ("train", "test"):
+        if "location_id" not in shard_columns(getattr(cfg.data, key)):
+            raise FinetuneError(f"{getattr(cfg.data, key)}: no location_id column (not DeepLoc embeddings)")
+    split_task = HeadTask(replace(cfg, model=replace(cfg.model, head="mlp")))
+    keep, held, how = split_task.split
+    train_loc = read_column(cfg.data.train, "location_id").astype(np.int64)
+    split_info = {"validation": how, "train": len(train_loc) if keep is None else len(keep),
+                  "valid": len(read_column(cfg.data.valid, "length")) if held is None else len(held),
+                  "excluded_from_location_loss": int((train_loc < 0).sum())}
+    log(f"[finetune] {embedder}: train {split_info['train']}, valid {split_info['valid']} ({how}); "
+        f"{split_info['excluded_from_location_loss']} training rows without one of the 10 locations are left out "
+        "of the location loss")
     rows = []
+    reference = None
     for method in methods:
         if method in ("la", "mlp"):
-            cfg_m = ExperimentConfig(data=cfg.data, model=type(cfg.model)(**{**asdict(cfg.model), "head": method}),
-                                     train=cfg.train, embed=cfg.embed)
             per_seed = []
             for seed in cfg.train.seeds:
-                model, result = _train_one(cfg_m, train, valid, seed, out, f"{embedder}-{method}-seed{seed}")
-                preds = predict(model, test, cfg.train)
-                row = _protein_row(test, preds["location"], preds.get("membrane"), cfg)
-                row.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-                           train_seconds=round(result.seconds, 1), seconds_per_epoch=round(result.seconds / max(result.epochs_run, 1), 3))
+                run_cfg, task, model, info = _trained(cfg, method, seed, out, f"{embedder}-{method}-seed{seed}", local, log)
+                preds = predict(task, model, cfg.data.test, run_cfg)
+                true_loc = np.array([p["location"][0] for p in preds])
+                pred_loc = np.array([p["location"][1] for p in preds])
+                mem = [p.get("membrane") for p in preds]
+                true_mem = np.array([m[0] for m in mem]) if mem and mem[0] is not None else None
+                pred_mem = np.array([m[1] for m in mem]) if mem and mem[0] is not None else None
+                row = _protein_row(true_loc, pred_loc, true_mem, pred_mem, cfg)
+                row.update(info)
                 per_seed.append(row)
-                (out / method).mkdir(exist_ok=True)
-                torch.save(result.best_state, out / method / f"model_seed{seed}.pt")
-                (out / method / f"history_seed{seed}.json").write_text(json.dumps(result.history) + "\n")
-                log(f"[finetune] {embedder} {method} seed {seed}: Q10 {row['q10']:.3f} (best epoch {result.best_epoch}, "
-                    f"{result.epochs_run} epochs, {result.seconds:.1f}s)")
+                log(f"[finetune] {embedder} {method} seed {seed}: Q10 {row['q10']:.3f}")
             row = _mean_over_seeds(per_seed)
-        elif method == "at":
-            # Annotation transfer has nothing to fit: every training protein (hold-out included) is a reference.
-            location = annotation_transfer(full.pooled, full.labels["location_id"], test.pooled)
-            membrane = (annotation_transfer(full.pooled, full.labels["membrane_id"], test.pooled)
-                        if "membrane_id" in full.labels else None)
-            row = _protein_row(test, location, membrane, cfg)
+            row["q10_per_seed"] = [r["q10"] for r in per_seed]
         else:
-            location = np.full(len(test), majority_class(full.labels["location_id"]))
-            membrane = (np.full(len(test), majority_class(full.labels["membrane_id"]))
-                        if "membrane_id" in full.labels else None)
-            row = _protein_row(test, location, membrane, cfg)
+            if reference is None:  # nothing to fit: every training protein (hold-out included) is a reference
+                train, test = load_embeddings(cfg.data.train, False), load_embeddings(cfg.data.test, False)
+                reference = (train, test)
+            train, test = reference
+            if method == "at":
+                location = annotation_transfer(train.pooled, train.labels["location_id"], test.pooled)
+                membrane = (annotation_transfer(train.pooled, train.labels["membrane_id"], test.pooled)
+                            if "membrane_id" in train.labels else None)
+            else:
+                location = np.full(len(test), majority_class(train.labels["location_id"]))
+                membrane = (np.full(len(test), majority_class(train.labels["membrane_id"]))
+                            if "membrane_id" in train.labels else None)
+            row = _protein_row(test.labels["location_id"], location, test.labels.get("membrane_id"), membrane, cfg)
+            log(f"[finetune] {embedder} {method}: Q10 {row['q10']:.3f}")
         row.update(embedder=embedder, method=method, **{f"split_{k}": v for k, v in split_info.items()})
         confusion_png(row["confusion"], list(LOCATIONS), out / f"confusion_{method}.png", f"{embedder} {method}")
-        if method not in ("la", "mlp"):
-            log(f"[finetune] {embedder} {method}: Q10 {row['q10']:.3f}")
         rows.append(row)
     return rows
 
 
-def run_residue(cfg: ExperimentConfig, out: str | Path, embedder: str = "", log=print) -> list[dict]:
+def run_residue(cfg: FinetuneConfig, out: str | Path, embedder: str = "", local: bool = False,
+                log=print) -> list[dict]:
     """Secondary structure and disorder with the SeqVec CNN; one result row per test set."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.data.train is None or cfg.data.test is None:
+    if not cfg.data.train or not cfg.data.test:
         raise FinetuneError("config keys data.train and data.test are required (or --train/--test)")
-    full, test = _load(cfg.data.train), _load(cfg.data.test)
-    if "ss3" not in full.residue_labels:
-        raise FinetuneError(f"{cfg.data.train}: no ss3 column (not secondary-structure embeddings)")
-    tasks = tuple(t for t in ("ss3", "ss8", "disorder")
-                  if t in full.residue_labels and any(v is not None and (v >= 0).any() for v in full.residue_labels[t]))
-    train, valid, split_info = split_validation(cfg, full, _load(cfg.data.valid), None)
-    log(f"[finetune] {embedder} cnn: tasks {tasks}, train {split_info['train']}, valid {split_info['valid']}, test {len(test)}")
-    groups = sorted(set(test.meta.get("dataset", ["test"] * len(test))))
-    per_group: dict[str, list] = {g: [] for g in groups}
+    cfg = replace(cfg, model=replace(cfg.model, head="cnn"))
+    per_group: dict[str, list] = {}
+    tasks: tuple = ()
     for seed in cfg.train.seeds:
-        model, result = _train_one(cfg, train, valid, seed, out, f"{embedder}-cnn-seed{seed}", tasks)
-        torch.save(result.best_state, out / f"cnn_seed{seed}.pt")
-        for group in groups:
-            part = test.where("dataset", group) if "dataset" in test.meta else test
-            preds = predict(model, part, cfg.train)
-            row = residue_metrics(part.residue_labels, preds, part.residue_labels.get("eval_mask"),
-                                  cfg.train.bootstrap, cfg.train.bootstrap_seed)
-            row.update(best_epoch=result.best_epoch, epochs_run=result.epochs_run, proteins=len(part))
-            per_group[group].append(row)
+        run_cfg, task, model, info = _trained(cfg, "cnn", seed, out, f"{embedder}-cnn-seed{seed}", local, log)
+        tasks = task.tasks
+        preds = predict(task, model, cfg.data.test, run_cfg)
+        for group in sorted({p["dataset"] for p in preds}):
+            part = [p for p in preds if p["dataset"] == group]
+            true = {t: [p[t][0] for p in part] for t in tasks}
+            pred = {t: [p[t][1] for p in part] for t in tasks}
+            masks = [p["eval_mask"] for p in part] if "eval_mask" in part[0] else None
+            row = residue_metrics(true, pred, masks, cfg.train.bootstrap, cfg.train.bootstrap_seed)
+            row.update(info, proteins=len(part))
+            per_group.setdefault(group, []).append(row)
         log(f"[finetune] {embedder} cnn seed {seed}: " + ", ".join(
-            f"{g} Q3 {per_group[g][-1].get('q3', float('nan')):.3f}" for g in groups))
+            f"{g} Q3 {rows[-1].get('q3', float('nan')):.3f}" for g, rows in per_group.items()))
     rows = []
-    for group in groups:
-        row = _mean_over_seeds(per_group[group])
+    for group, per_seed in per_group.items():
+        row = _mean_over_seeds(per_seed)
         row.update(embedder=embedder, method="cnn", test_set=group, tasks=list(tasks))
         rows.append(row)
     return rows

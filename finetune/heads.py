@@ -33,28 +33,18 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits[valid].float(), target[valid])
 
 
-class ProteinTask(nn.Module):
-    """Per-protein heads: `forward(batch)` is the training loss, `predict(batch)` the logits.
+def protein_loss(out: dict[str, torch.Tensor], batch: dict, membrane_weight: float = 1.0) -> torch.Tensor:
+    """Location cross-entropy (+ membrane_weight x membrane cross-entropy) of per-protein logits.
 
     Location rows with location_id -1 (e.g. Cytoplasm-Nucleus) and membrane rows with U (-1)
-    are left out of their loss.
-    """
-
-    membrane_weight = 1.0
-
-    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        out = self.predict(batch)
-        # Zero-weighted term keeps every parameter in the graph (DDP needs that) when a batch
-        # has no label of a kind.
-        loss = sum(v.sum() for v in out.values()) * 0.0
-        location = masked_cross_entropy(out["location"], batch["location_id"])
-        if location is not None:
-            loss = loss + location
-        if "membrane" in out:
-            membrane = masked_cross_entropy(out["membrane"], batch["membrane_id"])
-            if membrane is not None:
-                loss = loss + self.membrane_weight * membrane
-        return loss
+    are left out of their loss. A zero-weighted term keeps every parameter in the graph (data
+    parallel gradient reduction needs that) when a batch has no label of a kind."""
+    loss = sum(v.float().sum() for v in out.values()) * 0.0
+    location = masked_cross_entropy(out["location"], batch["location_id"])
+    if location is not None:
+        loss = loss + location
+    if "membrane" in out and "membrane_id" in batch:
+        membrane = masked_cross_entropy(out["membrane"], batch["membrane_id"])
+        if membrane is not None:
+            loss = loss + membrane_weight * membrane
+    return loss

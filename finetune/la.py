@@ -11,22 +11,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .heads import ClassifierMLP, ProteinTask
+from .heads import ClassifierMLP
 
 NEG = -1e4  # fits bf16 and fp16: exp(NEG) is 0 after the softmax
 
 
-class LightAttention(ProteinTask):
+class LightAttention(nn.Module):
     def __init__(self, dim: int, kernel_size: int = 9, conv_dropout: float = 0.25, hidden: int = 32,
                  dropout: float = 0.25, softmax: bool = True, max_pool: bool = True,
-                 membrane_head: bool = True, membrane_weight: float = 1.0):
+                 membrane_head: bool = True):
         super().__init__()
         pad = kernel_size // 2
         self.values = nn.Conv1d(dim, dim, kernel_size, padding=pad)
         self.attention = nn.Conv1d(dim, dim, kernel_size, padding=pad)
         self.dropout = nn.Dropout(conv_dropout)
         self.softmax, self.max_pool = softmax, max_pool
-        self.membrane_weight = membrane_weight
         self.mlp = ClassifierMLP(dim * (2 if max_pool else 1), hidden, dropout, membrane_head)
 
     def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -43,5 +42,7 @@ class LightAttention(ProteinTask):
             return pooled
         return torch.cat([pooled, v.masked_fill(~keep, NEG).amax(-1)], dim=-1)
 
-    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.mlp(self.pool(batch["x"], batch["mask"]).float())
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Location (+ membrane) logits of batch["x"] [B, D, L] (zero padding), batch["mask"] [B, L]."""
+        x = batch["x"].to(self.values.weight.dtype)  # bf16 under DeepSpeed bf16, else fp32
+        return self.mlp(self.pool(x, batch["mask"]))

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+import numpy as np
 
 # Columns of the per-protein table: (header, key, se key); values are shares shown in percent.
 PROTEIN_COLUMNS = (("Q10 %", "q10", "q10_se"), ("MCC", "mcc", "mcc_se"),
@@ -47,17 +48,43 @@ def write_results(rows: list[dict], out: str | Path, title: str, per_residue: bo
     return text
 
 
-def log_wandb(rows: list[dict], config: dict, name: str, group: str, out: str | Path) -> str | None:
-    """One W&B run with the config and every row's metrics; offline unless WANDB_API_KEY is set."""
-    try:
-        import wandb
-    except ImportError:
-        return None
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "protlm-finetune"), name=name, group=group,
-                     config=config, mode=mode, dir=str(out), reinit="finish_previous")
-    for row in rows:
-        prefix = f"{row.get('test_set', 'test')}/{row['method']}"
-        run.summary.update({f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, (int, float))})
-    run.finish()
-    return mode
+def log_results(rows: list[dict], config: dict, wandb_cfg, name: str, group: str, out: str | Path) -> str:
+    """The results table as one run of the engine's tracker (W&B offline unless WANDB_API_KEY is
+    set; metrics.jsonl under `out`); the per-seed training runs are tracked by the engine itself."""
+    from dataclasses import replace
+
+    from engine.tracking import Tracker, wandb_mode
+
+    cfg = replace(wandb_cfg, group=group or wandb_cfg.group, dir=wandb_cfg.dir or str(out))
+    tracker = Tracker(cfg, config, Path(out), name, rank=0)
+    flat = {f"{row.get('test_set', 'test')}/{row['method']}/{k}": v for row in rows for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracker.log(flat, 0)
+    tracker.finish()
+    return wandb_mode(cfg.mode)
+
+
+def confusion_png(c: np.ndarray | list, labels: list[str], path, title: str = "") -> None:
+    """Row-normalised confusion matrix with counts, written with matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = np.asarray(c, dtype=np.float64)
+    rows = c.sum(axis=1, keepdims=True)
+    share = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            ax.text(j, i, int(c[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

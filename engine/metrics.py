@@ -1,4 +1,7 @@
-"""The papers' metrics, computed from confusion matrices so that bootstrapping is cheap.
+"""The project's one metrics module: the papers' metrics, from confusion matrices.
+
+Every stage uses it (multitask's evaluation and training logs, finetune's tables), so Q3 or an
+MCC means the same computation everywhere. Confusion matrices make bootstrapping cheap.
 
 Per protein: Q10 (accuracy), Gorodkin's multi-class MCC R_K, per-class accuracy, Q2 and MCC
 for membrane vs soluble. Per residue: Q3, Q8, disorder MCC and false-positive rate.
@@ -118,29 +121,3 @@ def residue_metrics(true: dict[str, list], pred: dict[str, list], eval_mask: lis
             out[name], out[name + "_se"] = with_se(units, metric, n_boot, seed)
         out[f"{task}_residues"] = int(units.sum())
     return out
-
-
-def confusion_png(c: np.ndarray | list, labels: list[str], path, title: str = "") -> None:
-    """Row-normalised confusion matrix with counts, written with matplotlib's Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c = np.asarray(c, dtype=np.float64)
-    rows = c.sum(axis=1, keepdims=True)
-    share = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    for i in range(c.shape[0]):
-        for j in range(c.shape[1]):
-            ax.text(j, i, int(c[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
