@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from engine.errors import run_cli
+
 from .errors import DataPrepError
 
 
@@ -150,15 +152,19 @@ def main(argv: list[str] | None = None) -> int:
             argv[i:i + 2] = ["pssm-generate"]
             break
     args = build_parser().parse_args(argv)
-    try:
+    results = []
+
+    def body():
         if args.num_cpus:
             from .ray_utils import ensure_ray
 
             ensure_ray(args.num_cpus)
-        result = args.func(args)
-    except (DataPrepError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        results.append(args.func(args))
+
+    code = run_cli(body)
+    if code:
+        return code
+    result = results[0]
     summary = {k: result[k] for k in ("kind", "rows", "input_records", "rejected") if k in result} or result
     print(json.dumps({"out": getattr(args, "out", None), **summary}))
     return 0

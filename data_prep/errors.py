@@ -4,5 +4,8 @@ The CLI catches it and prints its one-line message (naming the file/line/tool) w
 """
 
 
-class DataPrepError(Exception):
+from engine.errors import UserError
+
+
+class DataPrepError(UserError):
     """A user-facing failure; str(err) is the whole message, it names the file, line or tool."""

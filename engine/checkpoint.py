@@ -133,13 +133,19 @@ def export(run_or_checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-def load_export(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, fp32 state dict) of an export; safetensors only, no pickle."""
+def load_export(directory: str | Path, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, fp32 state dict) of an export; safetensors only, no pickle. The one export
+    loader of the project: `kind` (config.json "kind", e.g. "bilstm", "encoder") is checked when given."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
     for name in EXPORT_FILES:
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not an exported model (missing {name})")
-    config = json.loads((directory / "config.json").read_text())
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{directory / 'config.json'}: not valid JSON ({err})") from None
+    if kind is not None and config.get("kind") != kind:
+        raise CheckpointError(f"{directory / 'config.json'}: kind is {config.get('kind')!r}, expected {kind!r}")
     return config, load_file(str(directory / "model.safetensors"))

@@ -16,12 +16,13 @@ class UserError(Exception):
     """A problem the user can fix; the message is one line naming the file, line or key."""
 
 
-def run_cli(main: Callable[[], object], prog: str) -> int:
-    """Run a CLI body: 0 on success, 2 with one line on stderr for a `UserError`."""
+def run_cli(body: Callable[[], object]) -> int:
+    """Run a CLI body: its exit code (0 when it returns none); 2 with one line on stderr for a
+    `UserError` or a missing file (FileNotFoundError names the path the user gave)."""
     try:
-        main()
-    except UserError as err:
+        code = body()
+    except (UserError, FileNotFoundError) as err:
         text = " ".join(str(err).split()) or type(err).__name__
-        print(f"{prog}: error: {text}", file=sys.stderr)
+        print(f"error: {text}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_table)
 
     args = parser.parse_args(argv)
-    return run_cli(lambda: args.func(args), "finetune")
+    return run_cli(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 from data_prep.errors import DataPrepError
 from data_prep.shards import check_schema, data_files, residue_arrays, write_manifest
 from data_prep.vocab import PAD_ID
+from engine.batching import pack_batches
 from engine.ray_env import ensure_ray
 
 from .config import EmbedConfig
@@ -35,19 +36,12 @@ DROPPED_COLUMNS = {"sequence", "tokens", "pssm", "zero_row", "description"}
 
 
 def plan_batches(lengths: np.ndarray, budget: int, max_rows: int) -> list[np.ndarray]:
-    """Row indices grouped into length-sorted batches with rows * longest <= budget."""
-    order = np.argsort(lengths, kind="stable")
-    batches, current, longest = [], [], 0
-    for i in order:
-        length = int(lengths[i])
-        if current and (max(longest, length) * (len(current) + 1) > budget or len(current) >= max_rows):
-            batches.append(np.asarray(current))
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, length)
-    if current:
-        batches.append(np.asarray(current))
-    return batches
+    """Row indices in length-sorted batches with rows * longest <= budget: the engine's packer
+    (engine.batching.pack_batches) without length noise; a row longer than the budget goes alone."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) == 0:
+        return []
+    return pack_batches(lengths, max(budget, int(lengths.max())), max_rows, 1.0, np.random.default_rng(0))
 
 
 def windows(length: int, chunk: int, overlap: int) -> list[tuple[int, int, int, int]]:

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from data_prep.errors import DataPrepError
 from engine.checkpoint import CheckpointError, export, resolve_checkpoint
 from engine.config import ConfigError, from_dict
-from engine.sources import DataError
+from engine.errors import run_cli
 
 from .config import EvalConfig, MultitaskConfig, load
-from .embed import ExportError, load_model
+from .embed import load_model
 from .evaluate import eval_sets, evaluate, markdown_table, write_report
 
 
@@ -75,7 +74,7 @@ def export_run(path: str | Path, out: str | Path, layers: list[int] | None = Non
     cfg_path = out / "config.json"
     config = json.loads(cfg_path.read_text())
     if config.get("kind") != "encoder":
-        raise ExportError(f"{cfg_path}: kind {config.get('kind')!r} is not a multitask encoder")
+        raise CheckpointError(f"{cfg_path}: kind {config.get('kind')!r} is not a multitask encoder")
     if layers is not None or mix is not None:
         emb = config.setdefault("embedding", {})
         if layers is not None:
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--layers", type=int, nargs="+", help="hidden states to embed with (0 = embeddings, -1 = last)")
     x.add_argument("--mix", choices=["mean", "concat"], help="how several layers combine")
     args = p.parse_args(argv)
-    try:
+    def body():
         if args.command == "train":
             cfg = load(args.config, args.set)
             result = train(cfg, use_ray=not args.no_ray, final_eval=not args.no_eval)
@@ -121,17 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_checkpoint(args.run, eval_cfg, args.out)
         else:
             export_run(args.run, args.out, args.layers, args.mix)
-    except (ConfigError, DataError, DataPrepError, CheckpointError, ExportError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - Ray wraps worker errors; keep user-caused ones one line
-        from engine.launch import LaunchError
-        if isinstance(err, LaunchError):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
-    return 0
 
+    return run_cli(body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,6 @@ LayerNorm so that they share one scale, then averaged ("mean") or concatenated (
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,6 +15,8 @@ from typing import Literal
 import torch
 
 from data_prep.vocab import vocab_hash
+from engine.checkpoint import CheckpointError, load_export
+from engine.config import ConfigError
 
 from .model import ModelConfig, MultitaskEncoder
 
@@ -24,10 +25,6 @@ from .model import ModelConfig, MultitaskEncoder
 class EmbeddingConfig:
     layers: list[int] = field(default_factory=lambda: [-1])  # hidden states to use (0 = embeddings, -1 = last block)
     mix: Literal["mean", "concat"] = "mean"  # how several layers combine
-
-
-class ExportError(ValueError):
-    """An export directory that cannot be loaded (one line naming the file)."""
 
 
 class EncoderEmbedder:
@@ -39,7 +36,7 @@ class EncoderEmbedder:
         n = model.cfg.layers + 1
         for i in embedding.layers:
             if not -n <= i < n:
-                raise ExportError(f"embedding.layers: {i} is out of range for {model.cfg.layers} blocks")
+                raise ConfigError(f"embedding.layers: {i} is out of range for {model.cfg.layers} blocks")
         self.layers = [i % n for i in embedding.layers]
         self.mix = embedding.mix
         self.dim = model.cfg.dim * (len(self.layers) if self.mix == "concat" else 1)
@@ -57,27 +54,14 @@ class EncoderEmbedder:
         return out.float()
 
 
-def read_export(export_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    export_dir = Path(export_dir)
-    cfg_path, weights = export_dir / "config.json", export_dir / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise ExportError(f"{p}: missing (not an exported model directory)")
-    config = json.loads(cfg_path.read_text())
-    if config.get("kind") != "encoder":
-        raise ExportError(f"{cfg_path}: kind is {config.get('kind')!r}, expected 'encoder'")
-    if config.get("vocab_hash", vocab_hash()) != vocab_hash():
-        raise ExportError(f"{cfg_path}: vocab_hash {config['vocab_hash']} differs from this code's {vocab_hash()}")
-    return config, load_file(str(weights))
-
-
 def load_model(export_dir: str | Path, device="cpu") -> tuple[MultitaskEncoder, dict]:
-    config, state = read_export(export_dir)
+    """The encoder of an export (engine.checkpoint.load_export, strict state dict)."""
+    config, state = load_export(export_dir, kind="encoder")
+    if config.get("vocab_hash") not in (None, vocab_hash()):
+        raise CheckpointError(f"{export_dir}/config.json: vocab_hash {config['vocab_hash']} differs from this "
+                              f"code's {vocab_hash()}")
     model = MultitaskEncoder(ModelConfig(**config["model"]))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.batching import pack_batches
+
 from .data import ProteinSet, collate, get_example, load_proteins
 from .metrics import Confusion, summarize
 
@@ -33,19 +35,12 @@ def eval_sets(ss_test: str | Path | None, deeploc_test: str | Path | None) -> di
 
 
 def length_batches(lengths: np.ndarray, residue_budget: int) -> list[np.ndarray]:
-    """Rows sorted by length, grouped so that rows * longest <= budget (a long protein goes alone)."""
-    order = np.argsort(lengths, kind="stable")
-    batches, cur, longest = [], [], 0
-    for r in order:
-        longest_if = max(longest, int(lengths[r]))
-        if cur and longest_if * (len(cur) + 1) > residue_budget:
-            batches.append(np.asarray(cur))
-            cur, longest_if = [], int(lengths[r])
-        cur.append(r)
-        longest = longest_if
-    if cur:
-        batches.append(np.asarray(cur))
-    return batches
+    """Rows grouped by length so that rows * longest <= budget (a long protein goes alone): the
+    engine's packer without length noise."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) == 0:
+        return []
+    return pack_batches(lengths, max(residue_budget, int(lengths.max())), len(lengths), 1.0, np.random.default_rng(0))
 
 
 @torch.no_grad()
@@ -77,11 +72,6 @@ def evaluate(model, sets: dict[str, ProteinSet], device="cpu", residue_budget: i
     results = {name: evaluate_set(model, ps, device, residue_budget, protein_max_length) for name, ps in sets.items()}
     model.train(was_training)
     return results
-
-
-def flat_metrics(results: dict[str, dict]) -> dict[str, float]:
-    """{"eval/cb513/q3": ...} for the tracker."""
-    return {f"eval/{s}/{k}": v for s, r in results.items() for k, v in r.items() if not k.startswith("n_")}
 
 
 COLUMNS = [("q3", "Q3"), ("q8", "Q8"), ("disorder_mcc", "disorder MCC"), ("q10", "Q10"), ("q2", "Q2")]

@@ -1,14 +1,15 @@
 """Task metrics from accumulated counts: Q3/Q8 (per-residue accuracy), disorder MCC, Q10 and Q2.
+The formulas are engine.metrics' (the project's one metrics module); this file only accumulates.
 
 Counts (confusion matrices) are accumulated batch by batch so that a metric over a whole test set
 is exact, not an average of per-batch values, and so that ranks can sum them.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+
+from engine.metrics import accuracy, gorodkin_mcc
 
 
 class Confusion:
@@ -29,13 +30,11 @@ class Confusion:
         return int(self.m.sum())
 
     def accuracy(self) -> float:
-        return float(np.trace(self.m) / self.m.sum()) if self.m.sum() else float("nan")
+        return accuracy(self.m.astype(np.float64))
 
     def mcc(self) -> float:
-        """Binary Matthews correlation (class 1 positive); 0 when undefined (a constant predictor)."""
-        (tn, fp), (fn, tp) = self.m.astype(np.float64)
-        den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        return float((tp * tn - fp * fn) / den) if den else 0.0
+        """Matthews correlation (Gorodkin's R_K; binary: class 1 positive); 0 for a constant predictor."""
+        return gorodkin_mcc(self.m.astype(np.float64))
 
 
 def summarize(confusions: dict[str, Confusion]) -> dict[str, float]:

@@ -11,7 +11,6 @@ cropped by the multitask policy (`mixture.protein_crop`) instead of the engine's
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from data_prep.vocab import save_tokenizer, vocab_hash
 from engine.sources import DataError, Mixture, Source, read_column, shard_columns
+from engine.metrics import gorodkin_mcc
 from engine.task import Task
 
 from .config import MultitaskConfig
@@ -195,8 +195,7 @@ class MultitaskTask(Task):
         for key in [k for k in means if k.endswith("/dis_tp")]:
             s = key[: -len("/dis_tp")]
             tp, fp, fn, tn = (means[f"{s}/dis_{c}"] for c in ("tp", "fp", "fn", "tn"))
-            den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-            out[f"{s}/disorder_mcc"] = (tp * tn - fp * fn) / den if den else 0.0
+            out[f"{s}/disorder_mcc"] = gorodkin_mcc(np.array([[tn, fp], [fn, tp]]))  # shares, not counts: MCC is scale-free
         return out
 
     # ------------------------------------------------------------------ export

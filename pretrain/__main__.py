@@ -5,12 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.checkpoint import CheckpointError
 from engine.config import ConfigError
+from engine.errors import run_cli
 from engine.sources import DataError
-from engine.launch import LaunchError
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--run", required=True, help="run directory (<storage_path>/<name>) or one checkpoint directory")
     e.add_argument("--out", required=True, help="export directory")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            return _train(args)
-        return _export(args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _train(args) if args.command == "train" else _export(args))
 
 
 def _train(args) -> int:
