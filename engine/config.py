@@ -10,6 +10,7 @@ Command-line overrides use dotted keys: ``--set optim.lr=3e-4 ray.num_workers=2`
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -62,7 +63,8 @@ class DeepSpeedSection:
     bf16: Literal["auto", True, False] = "auto"  # auto = bf16 on GPUs that support it, fp32 on CPU; true/false force it
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
-    extra: dict = field(default_factory=dict)  # raw DeepSpeed config keys merged in last (expert use)
+    config: str = ""  # a DeepSpeed JSON (ds_config.json: offload, bucket sizes, ...) deep-merged over the keys above; it may not contradict them
+    extra: dict = field(default_factory=dict)  # raw DeepSpeed keys deep-merged last, over `config` (expert use)
 
 
 @dataclass
@@ -146,7 +148,10 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
 def check_engine_values(cfg: ExperimentConfig, source: str = "<config>") -> None:
     """Range checks the type system cannot express; each names its key."""
     rules = [
-        ("deepspeed.zero_stage", cfg.deepspeed.zero_stage in (0, 1, 2), "must be 0, 1 or 2"),
+        ("deepspeed.zero_stage", cfg.deepspeed.zero_stage in (0, 1, 2),
+         "must be 0, 1 or 2 (ZeRO-3 partitions the parameters themselves, and the engine's export and "
+         "checkpoint consolidation read whole parameters from ZeRO-1/2 state; for memory use stage 2 with "
+         "offload, e.g. deepspeed.config: configs/deepspeed/zero2_offload.json)"),
         ("deepspeed.grad_accum_steps", cfg.deepspeed.grad_accum_steps >= 1, "must be >= 1"),
         ("deepspeed.grad_clip", cfg.deepspeed.grad_clip >= 0, "must be >= 0"),
         ("data.residues_per_batch", cfg.data.residues_per_batch >= cfg.data.max_length,
@@ -174,6 +179,79 @@ def check_engine_values(cfg: ExperimentConfig, source: str = "<config>") -> None
     for key, ok, why in rules:
         if not ok:
             raise ConfigError(f"{source}: {key}: {why}")
+    deepspeed_settings(cfg.deepspeed, False, source)  # a bad deepspeed.config fails now, naming the file
+
+
+def deepspeed_settings(ds: DeepSpeedSection, bf16: bool, source: str = "<config>") -> dict:
+    """The DeepSpeed config dict: the typed keys, then `deepspeed.config` (a JSON file), then
+    `deepspeed.extra`, each deep-merged over the last. The loop counts micro-batches and checkpoints
+    by the typed keys, so the file may repeat them (or say "auto") but not contradict them."""
+    config = {
+        # Batches are residue-budgeted, so "micro batch size" is only DeepSpeed bookkeeping.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": ds.grad_accum_steps,
+        "gradient_clipping": ds.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.config:
+        config = _merge(config, _deepspeed_file(ds, config, source))
+    return _merge(config, ds.extra)
+
+
+def _deepspeed_file(ds: DeepSpeedSection, typed: dict, source: str) -> dict:
+    path = Path(ds.config)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: deepspeed.config: {path} not found") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu"):
+        if raw.get(key, "auto") != "auto":
+            raise ConfigError(f"{path}: {key}: batches are residue-budgeted; set data.residues_per_batch instead")
+    owned = [("gradient_accumulation_steps", None, "deepspeed.grad_accum_steps"),
+             ("gradient_clipping", None, "deepspeed.grad_clip"),
+             ("zero_optimization", "stage", "deepspeed.zero_stage"),
+             ("bf16", "enabled", "deepspeed.bf16"),
+             ("fp16", "enabled", None)]
+    for key, sub, yaml_key in owned:
+        value = raw.get(key)
+        if sub is not None:
+            value = value.get(sub) if isinstance(value, dict) else None
+        if value is None or value == "auto":
+            continue
+        if yaml_key is None and value:
+            raise ConfigError(f"{path}: {key}.{sub}: fp16 is not supported (bf16 or fp32: deepspeed.bf16)")
+        want = typed[key] if sub is None else typed[key][sub]
+        if yaml_key and value != want:
+            raise ConfigError(f"{path}: {key}{'.' + sub if sub else ''} = {value!r} contradicts {yaml_key} = "
+                              f"{want!r} ({source}); set it there")
+    raw = {k: v for k, v in raw.items() if v != "auto"}
+    if isinstance(raw.get("zero_optimization"), dict):
+        raw["zero_optimization"] = {k: v for k, v in raw["zero_optimization"].items() if v != "auto"}
+    return raw
+
+
+def add_override_args(parser) -> None:
+    """`--set KEY=VALUE ...` (may repeat; later wins) and `--dry-run`, the same in every stage's CLI."""
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set optim.lr=1e-3 ray.num_workers=4 (may repeat)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="load the config and every override, print the resolved config, exit without training")
+
+
+def print_resolved(cfg) -> None:
+    """What --dry-run shows: the resolved config as YAML (and the DeepSpeed dict it implies)."""
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    if isinstance(cfg, ExperimentConfig):
+        bf16 = cfg.deepspeed.bf16 if isinstance(cfg.deepspeed.bf16, bool) else "auto"
+        print("# DeepSpeed config (bf16 'auto' resolves on the worker's hardware):")
+        print(json.dumps(deepspeed_settings(cfg.deepspeed, bf16), indent=2))
 
 
 def from_dict(cls: type, raw: dict, source: str = "<config>", prefix: str = ""):

@@ -72,6 +72,7 @@ def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     return replace(cfg,
                    data=replace(cfg.data, train=absolute(cfg.data.train), valid=absolute(cfg.data.valid)),
                    ray=replace(cfg.ray, storage_path=absolute(cfg.ray.storage_path)),
+                   deepspeed=replace(cfg.deepspeed, config=absolute(cfg.deepspeed.config)),
                    wandb=replace(cfg.wandb, dir=absolute(cfg.wandb.dir)))
 
 

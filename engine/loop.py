@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .config import ExperimentConfig, to_dict
+from .config import ExperimentConfig, deepspeed_settings, to_dict
 from .sources import Mixture
 from .stream import Feed
 from .tracking import Tracker, git_commit
@@ -67,20 +67,7 @@ def use_bf16(setting) -> bool:
 
 
 def deepspeed_config(cfg: ExperimentConfig, bf16: bool) -> dict:
-    ds = cfg.deepspeed
-    config = {
-        # Batches are residue-budgeted, so "micro batch size" is only DeepSpeed bookkeeping.
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": ds.grad_accum_steps,
-        "gradient_clipping": ds.grad_clip,
-        "zero_optimization": {"stage": ds.zero_stage},
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    for key, value in ds.extra.items():
-        config[key] = value
-    return config
+    return deepspeed_settings(cfg.deepspeed, bf16)
 
 
 def _free_port() -> int:
@@ -429,7 +416,11 @@ def _resume_dir(ctx: WorkerContext, run_dir: Path) -> Path | None:
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.path) if checkpoint is not None else None
+        if checkpoint is None:
+            return None
+        if checkpoint.filesystem.type_name == "local":
+            return Path(checkpoint.path)
+        return Path(checkpoint.to_directory())  # object storage (s3://, gs://): a local copy to load from
     return ckpt.latest_checkpoint(run_dir)
 
 

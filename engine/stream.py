@@ -103,9 +103,13 @@ def ray_batches(windows: list[Window], reader: WindowReader, *, read_tasks: int,
     items = [{"window": pickle.dumps(w, protocol=5)} for w in windows]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(make, batch_size=1, batch_format="pyarrow", concurrency=read_tasks, num_cpus=read_cpus)
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_batches):
-        for blob in block.column("batch").to_pylist():
-            yield pickle.loads(blob)
+    blocks = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch_batches))
+    try:
+        for block in blocks:
+            for blob in block.column("batch").to_pylist():
+                yield pickle.loads(blob)
+    finally:
+        blocks.close()  # a run that stops mid-epoch shuts the pipeline down now, not at exit
 
 
 class Feed:

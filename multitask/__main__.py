@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.checkpoint import CheckpointError, export, resolve_checkpoint
-from engine.config import ConfigError, from_dict
+from engine.config import ConfigError, add_override_args, from_dict, print_resolved
 from engine.errors import run_cli
 
 from .config import EvalConfig, MultitaskConfig, load
@@ -93,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the encoder with MLM + supervised heads")
     t.add_argument("--config", required=True, help="YAML config (multitask/configs/*.yaml)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    add_override_args(t)
     t.add_argument("--no-ray", action="store_true", help="train in this process without Ray (debugging)")
     t.add_argument("--no-eval", action="store_true", help="skip the final test-set evaluation")
     t.add_argument("--export", metavar="DIR", help="also export the final model to DIR")
     e = sub.add_parser("eval", help="evaluate a run / checkpoint / export on the test sets")
     e.add_argument("--run", required=True, help="run directory (<storage_path>/<name>), checkpoint or export directory")
     e.add_argument("--config", help="take the eval section from this YAML instead of the checkpoint's config")
-    e.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    add_override_args(e)
     e.add_argument("--out", help="where eval.json / eval.md go (default: the run directory)")
     x = sub.add_parser("export", help="consolidated weights + config + tokenizer for finetune")
     x.add_argument("--run", required=True, help="run directory (<storage_path>/<name>) or one checkpoint directory")
@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--mix", choices=["mean", "concat"], help="how several layers combine")
     args = p.parse_args(argv)
     def body():
+        if args.command in ("train", "eval") and args.dry_run:
+            if not args.config:
+                raise ConfigError("--dry-run needs --config (the eval section is otherwise read from the checkpoint)")
+            print_resolved(load(args.config, args.set))
+            return 0
         if args.command == "train":
             cfg = load(args.config, args.set)
             result = train(cfg, use_ray=not args.no_ray, final_eval=not args.no_eval)

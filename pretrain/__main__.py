@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.config import ConfigError
+from engine.config import ConfigError, add_override_args, print_resolved
 from engine.errors import run_cli
 from engine.sources import DataError
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train the biLSTM LM (Ray Train + DeepSpeed; resumes a run of the same name)")
     t.add_argument("--config", required=True, help="YAML config (pretrain/configs/*.yaml)")
     t.add_argument("--data", help="shard directory (overrides data.train)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. optim.lr=1e-3")
+    add_override_args(t)
     t.add_argument("--no-ray", action="store_true", help="train in this process without Ray (debugging)")
     e = sub.add_parser("export", help="export consolidated weights + config.json + tokenizer.json")
     e.add_argument("--run", required=True, help="run directory (<storage_path>/<name>) or one checkpoint directory")
@@ -31,6 +31,9 @@ def _train(args) -> int:
 
     overrides = list(args.set) + ([f"data.train={args.data}"] if args.data else [])
     cfg = config_mod.load(args.config, overrides)
+    if args.dry_run:
+        print_resolved(cfg)
+        return 0
     if not cfg.data.train:
         raise ConfigError(f"{args.config}: data.train: no shard directory (use --data DIR)")
     if not Path(cfg.data.train).is_dir():
