@@ -36,7 +36,7 @@ def _train(args) -> int:
         return 0
     if not cfg.data.train:
         raise ConfigError(f"{args.config}: data.train: no shard directory (use --data DIR)")
-    if not Path(cfg.data.train).is_dir():
+    if "://" not in cfg.data.train and not Path(cfg.data.train).is_dir():
         raise DataError(f"{cfg.data.train}: shard directory not found (data.train / --data)")
     if args.no_ray:
         from engine.loop import run_plain

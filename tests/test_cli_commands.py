@@ -1,7 +1,8 @@
 """Documented commands run as written, overrides stack, DeepSpeed JSON configs merge by one rule.
 
-Every `python -m <stage> ...` command in the README's code blocks and in cluster.yaml's comments is
-run through its CLI with `--dry-run` (config and every override loaded, nothing trained)."""
+Every `python -m <stage> ...` command in the README's code blocks, cluster.yaml's comments, the
+KubeRay RayJob's entrypoint and the SLURM script's example is run through its CLI with `--dry-run`
+(config and every override loaded, nothing trained)."""
 from __future__ import annotations
 
 import importlib
@@ -26,6 +27,9 @@ def documented_commands() -> list[list[str]]:
     texts = re.findall(r"```(?:bash|sh)?\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
     texts.append("\n".join(line.lstrip("#") for line in (REPO / "cluster.yaml").read_text().splitlines()
                            if line.startswith("#")))
+    texts.append(yaml.safe_load((REPO / "ops/k8s/rayjob.yaml").read_text())["spec"]["entrypoint"])
+    sbatch = (REPO / "ops/slurm/protlm.sbatch").read_text().splitlines()
+    texts.append("\n".join(line.lstrip("#") for line in sbatch if line.startswith("#   ") or line.startswith("#       ")))
     commands = []
     for text in texts:
         for line in text.replace("\\\n", " ").splitlines():
@@ -40,7 +44,7 @@ def documented_commands() -> list[list[str]]:
 
 def test_every_documented_stage_command_runs_as_written(capsys):
     commands = documented_commands()
-    assert len(commands) >= 3  # the README's dry run and submit, cluster.yaml's submit
+    assert len(commands) >= 5  # README's dry run and submit, cluster.yaml's, the RayJob's, the sbatch example
     for stage, *argv in commands:
         main = importlib.import_module(f"{stage}.__main__").main
         flags = argv if "--dry-run" in argv else argv + ["--dry-run"]
