@@ -200,6 +200,19 @@ class EmbeddingWriter:
             self.h5.close()
 
 
+def actor_pool_size(wanted: int, cpus: float) -> int:
+    """Actors (one CPU each) that leave a CPU for Ray Data's Parquet read tasks: an actor pool that
+    takes every CPU waits forever for rows that no read task can be scheduled to produce."""
+    if cpus < 2:
+        raise FinetuneError(f"embedding through Ray needs at least 2 CPUs (one actor, one for reading); this Ray "
+                            f"has {cpus:g}: start it with --num-cpus 2 or more, or embed with --local")
+    size = min(wanted, int(cpus) - 1)
+    if size < wanted:
+        print(f"[finetune] embed.num_actors {wanted} -> {size}: {cpus:g} CPUs, one left for the Parquet reads",
+              flush=True)
+    return size
+
+
 def _ray_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str]):
     import ray
 
@@ -207,6 +220,7 @@ def _ray_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str
     use_gpu = cfg.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    actors = actor_pool_size(cfg.num_actors, ray.cluster_resources().get("CPU", 0))
     # No global sort: each actor call plans length-sorted residue-budget batches inside its
     # rows_per_task rows, which gives the same padding waste without a shuffle stage.
     ds = ray.data.read_parquet([str(p) for p in data_files(data_dir)], columns=columns)
@@ -214,7 +228,7 @@ def _ray_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str
         _EmbedActor, fn_constructor_kwargs={"model": model, "cfg": asdict(cfg),
                                             "device": "cuda" if use_gpu else "cpu"},
         batch_size=cfg.rows_per_task, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0, num_cpus=1)
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 

@@ -23,7 +23,7 @@ from engine.sources import Mixture, Source, read_column, shard_columns
 from engine.task import Task
 
 from .baselines import PooledMLP
-from .cnn import RESIDUE_TASKS, ResidueCNN, residue_loss
+from .cnn import ResidueCNN, residue_loss
 from .data import stratified_holdout
 from .heads import protein_loss
 from .la import LightAttention
@@ -181,30 +181,28 @@ class HeadTask(Task):
 
     # ------------------------------------------------------------------ loss
     def loss(self, model, batch):
+        """The batch-mean loss to train on; logs are per-protein (per-residue) sums, so the reported
+        `loss` (and the validation loss that selects the epoch) does not depend on the batching:
+        loss = sum over heads of weight x mean cross-entropy over labelled items."""
         out = model(batch)
-        if self.per_residue:
-            loss = residue_loss(out, batch)
-            logs = {}
-            for name, logits in out.items():
-                y = batch[name]
-                keep = y >= 0
-                logs[f"{name}_acc"] = (((logits.argmax(-1) == y) & keep).sum().float(), keep.sum().float())
-        else:
-            loss = protein_loss(out, batch, self.cfg.model.membrane_weight)
-            logs = {}
-            for name, key in (("location", "location_id"), ("membrane", "membrane_id")):
-                if name in out:
-                    y = batch[key]
-                    keep = y >= 0
-                    logs[f"{name}_acc"] = (((out[name].argmax(-1) == y) & keep).sum().float(), keep.sum().float())
-        n = float(len(batch["mask"] if "mask" in batch else batch["pooled"]))
-        logs["loss"] = (loss.detach().float() * n, n)
+        loss = residue_loss(out, batch) if self.per_residue else protein_loss(out, batch, self.cfg.model.membrane_weight)
+        logs = {}
+        for name, logits in out.items():
+            y = batch[name if self.per_residue else f"{name}_id"]
+            flat, target = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
+            keep = target >= 0
+            ce = torch.nn.functional.cross_entropy(flat[keep], target[keep], reduction="sum") if keep.any() else flat.sum() * 0
+            logs[f"{name}_ce"] = (ce.detach(), keep.sum().float())
+            logs[f"{name}_acc"] = (((flat.argmax(-1) == target) & keep).sum().float(), keep.sum().float())
         return loss, logs
+
+    def summarize(self, means: dict[str, float]) -> dict[str, float]:
+        weights = {"membrane": self.cfg.model.membrane_weight}
+        heads = [k[:-3] for k in means if k.endswith("_ce")]
+        return {**means, "loss": sum(weights.get(h, 1.0) * means[f"{h}_ce"] for h in heads)}
 
     def export_config(self) -> dict:
         from engine.config import to_dict
         return {"kind": self.kind, "model": to_dict(self.cfg.model), "dim": self.dim, "tasks": list(self.tasks),
                 "labels": self.labels}
 
-
-RESIDUE_CLASSES = RESIDUE_TASKS

@@ -15,11 +15,7 @@ import torch.nn.functional as F
 
 from .model import reverse_within
 
-try:  # the column permutation is data_prep's constant when it exists
-    from data_prep.pssm_format import PSSM_TO_STANDARD
-except ImportError:  # pragma: no cover - same definition, from the two letter orders
-    from data_prep.vocab import STANDARD
-    PSSM_TO_STANDARD = np.array(["ARNDCQEGHILKMFPSTWYV".index(c) for c in STANDARD])
+from data_prep.pssm_format import PSSM_TO_STANDARD  # the PSSM column order -> the vocabulary's
 
 
 @dataclass

@@ -171,3 +171,35 @@ def test_bad_model_and_data_are_one_line_errors(tmp_path, capsys):
     assert main(["embed", "--model", "onehot", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--local"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "nope" in err and len(err.splitlines()) == 1
+
+
+def test_actor_pool_leaves_a_cpu_for_the_reads():
+    from finetune.extract import actor_pool_size
+
+    assert actor_pool_size(2, 2) == 1 and actor_pool_size(2, 3) == 2 and actor_pool_size(1, 16) == 1
+    with pytest.raises(FinetuneError, match="--num-cpus"):
+        actor_pool_size(1, 1)
+
+
+@pytest.mark.slow
+def test_cli_embed_with_demo_config_finishes_without_num_cpus(shared_data, tmp_path):
+    # The demo config asks for 2 actors. On a 2-CPU machine a pool of 2 once took both CPUs and the
+    # Parquet read tasks never ran: the command sat idle forever. A fresh process and a fresh Ray
+    # (the machine's own CPUs, no --num-cpus), under a timeout, prove that it now finishes.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    shards = deeploc_shards(shared_data / "deeploc" / "deeploc_test_set.fasta", tmp_path / "shards")
+    out = tmp_path / "emb"
+    env = {**os.environ, "RAY_ADDRESS": ""}  # never join a cluster another test started
+    proc = subprocess.run([sys.executable, "-m", "finetune", "embed", "--model", "onehot", "--data", str(shards),
+                           "--out", str(out), "--config", str(repo / "finetune" / "configs" / "demo.yaml")],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"] == manifest["input_records"] == 2768 and manifest["dim"] == 21
+    if (os.cpu_count() or 0) <= 2:
+        assert "embed.num_actors 2 -> 1" in proc.stdout

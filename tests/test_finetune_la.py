@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from finetune.cnn import ResidueCNN
+from finetune.heads import protein_loss
 from finetune.la import LightAttention
 
 
@@ -41,7 +42,7 @@ def test_la_equals_hand_computation():
     logits = (np.arange(20).reshape(10, 2) / 10) @ h
     batch = _batch([x])
     np.testing.assert_allclose(model.pool(batch["x"], batch["mask"]).detach().numpy()[0], features, rtol=1e-5)
-    np.testing.assert_allclose(model.predict(batch)["location"].detach().numpy()[0], logits, rtol=1e-5)
+    np.testing.assert_allclose(model(batch)["location"].detach().numpy()[0], logits, rtol=1e-5)
 
 
 def test_la_is_padding_invariant_with_and_without_ablations():
@@ -50,8 +51,8 @@ def test_la_is_padding_invariant_with_and_without_ablations():
     for options in ({}, {"softmax": False}, {"max_pool": False}):
         torch.manual_seed(1)
         model = LightAttention(dim=5, **options).eval()
-        alone = model.predict(_batch([short]))
-        together = model.predict(_batch([short, long]))
+        alone = model(_batch([short]))
+        together = model(_batch([short, long]))
         for key in ("location", "membrane"):
             torch.testing.assert_close(alone[key][0], together[key][0], rtol=1e-5, atol=1e-5)
     assert LightAttention(dim=5, max_pool=False).mlp.hidden[0].in_features == 5
@@ -63,18 +64,18 @@ def test_la_loss_ignores_unlabelled_rows():
     model = LightAttention(dim=4).train()
     batch = _batch([np.ones((5, 4), np.float32), np.ones((6, 4), np.float32)])
     batch.update(location_id=torch.tensor([-1, 3]), membrane_id=torch.tensor([-1, -1]))
-    loss = model(batch)
+    loss = protein_loss(model(batch), batch)
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
     batch.update(location_id=torch.tensor([-1, -1]))
-    assert model(batch).item() == 0.0  # nothing labelled: zero loss, not nan
+    assert protein_loss(model(batch), batch).item() == 0.0  # nothing labelled: zero loss, not nan
 
 
 def test_cnn_is_padding_invariant_and_shapes():
     rng = np.random.default_rng(2)
     short, long = rng.normal(size=(9, 6)).astype(np.float32), rng.normal(size=(30, 6)).astype(np.float32)
     model = ResidueCNN(dim=6).eval()
-    alone, together = model.predict(_batch([short])), model.predict(_batch([short, long]))
+    alone, together = model(_batch([short])), model(_batch([short, long]))
     assert together["ss3"].shape == (2, 30, 3) and together["ss8"].shape[-1] == 8 and together["disorder"].shape[-1] == 2
     for key in alone:
         torch.testing.assert_close(alone[key][0], together[key][0, :9], rtol=1e-5, atol=1e-5)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import matthews_corrcoef
 
-from finetune import metrics as M
-from finetune.report import markdown_table, write_results
+from engine import metrics as M
+from finetune.report import confusion_png, markdown_table, write_results
 
 
 def test_gorodkin_mcc_equals_sklearn_multiclass():
@@ -64,7 +64,7 @@ def test_location_metrics_count_unlabelled_rows():
 
 
 def test_confusion_png_and_results_table(tmp_path):
-    M.confusion_png([[3, 1], [0, 4]], ["a", "b"], tmp_path / "c.png", "t")
+    confusion_png([[3, 1], [0, 4]], ["a", "b"], tmp_path / "c.png", "t")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [{"embedder": "onehot", "method": "la", "q10": 0.4123, "q10_se": 0.0091, "mcc": 0.25, "mcc_se": 0.01}]
     table = markdown_table(rows)

@@ -1,4 +1,5 @@
-"""Training heads on frozen embeddings: LA vs majority on real DeepLoc, Ray Train, CNN, configs, CLI."""
+"""Heads on frozen embeddings through the engine: LA vs majority on real DeepLoc, Ray Train with a
+failure and best-epoch selection, the CNN, configs, CLI."""
 from __future__ import annotations
 
 import json
@@ -6,19 +7,29 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
+from engine.checkpoint import latest_checkpoint, load_export
+from engine.errors import UserError
+from engine.loop import EVAL_EPOCH, Faults
+from engine.sources import Mixture
+from engine.stream import Feed
 from finetune.__main__ import main
-from finetune.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, load_config
+from finetune.config import FinetuneConfig, load_config
 from finetune.data import load_embeddings, stratified_holdout
-from finetune.errors import FinetuneError
-from finetune.experiment import run_protein, run_residue
+from finetune.experiment import load_head, run_protein, run_residue, train_head
 from finetune.extract import run_embed
-from finetune.ray_train import fit_with_ray
-from finetune.train import predict
+from finetune.task import HeadTask
 from test_finetune_data import deeploc_shards, flip_shards
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "finetune" / "configs").glob("*.yaml"))
+
+
+def head_cfg(*overrides, **data) -> FinetuneConfig:
+    cfg = load_config(None, [*overrides, "wandb.mode=disabled"])
+    return replace(cfg, data=replace(cfg.data, **data))
 
 
 @pytest.fixture(scope="module")
@@ -34,28 +45,58 @@ def onehot_deeploc(shared_data, tmp_path_factory):
 
 
 def test_la_on_onehot_beats_majority_on_real_deeploc_test(onehot_deeploc, tmp_path):
-    cfg = ExperimentConfig(data=DataConfig(train=str(onehot_deeploc["train"]), test=str(onehot_deeploc["test"])),
-                           train=TrainConfig(lr=3e-3, epochs=20, patience=6, batch_residues=30000, crop=1000, bootstrap=200))
-    rows = {r["method"]: r for r in run_protein(cfg, tmp_path, "onehot", ("la", "majority"), log=lambda *_: None)}
+    cfg = head_cfg("optim.lr=3e-3", "train.max_epochs=20", "train.patience=6", "data.max_length=1000",
+                   "train.bootstrap=200", train=str(onehot_deeploc["train"]), test=str(onehot_deeploc["test"]))
+    rows = {r["method"]: r for r in run_protein(cfg, tmp_path, "onehot", ("la", "majority"), local=True,
+                                                log=lambda *_: None)}
     la, majority = rows["la"], rows["majority"]
     assert la["n"] == 2768 and majority["q10"] == pytest.approx(806 / 2768)  # Nucleus is the test majority
     assert la["q10"] >= majority["q10"] + 0.05, (la["q10"], majority["q10"])
     assert la["mcc"] > 0.1 and 0 < la["q10_se"] < 0.02
     assert la["membrane_q2"] > majority["membrane_q2"]
     assert la["split_excluded_from_location_loss"] == 23 and la["split_valid"] == 168
-    assert (tmp_path / "confusion_la.png").is_file() and (tmp_path / "la" / "model_seed0.pt").is_file()
+    run = tmp_path / "runs" / "onehot-la-seed0"
+    assert (tmp_path / "confusion_la.png").is_file() and (latest_checkpoint(run) / "model.safetensors").is_file()
 
 
-def test_ray_train_two_workers(onehot_deeploc, tmp_path, ray_session):
-    data = load_embeddings(onehot_deeploc["train"])
-    keep, held = stratified_holdout(data.labels["location_id"], 0.1, 0)
-    train_cfg = TrainConfig(lr=3e-3, epochs=2, patience=5, batch_residues=30000, num_workers=2)
-    model, result = fit_with_ray(ModelConfig(head="la"), train_cfg, data.subset(keep[:600]), data.subset(held), 0,
-                                 tmp_path, "la-2workers")
-    assert result.epochs_run == 2 and 0 <= result.best_epoch <= 1 and np.isfinite(result.best_val_loss)
-    assert len(result.history) == 2 and result.history[-1]["train_loss"] > 0
-    preds = predict(model, data.subset(held), train_cfg)
-    assert preds["location"].shape == (len(held),) and set(np.unique(preds["location"])) <= set(range(10))
+def _validation_loss(cfg: FinetuneConfig, run_dir: Path) -> float:
+    """The selected model's loss on the validation rows, recomputed here in one process."""
+    task, model, _ = load_head(run_dir, cfg)
+    feed = Feed(Mixture(task.eval_data()), cfg, task, rank=0, world=1, training=False)
+    sums: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for ready in feed.batches(feed.plan(EVAL_EPOCH), EVAL_EPOCH):
+            for name, (total, count) in task.loss(model, ready.tensors)[1].items():
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0] += float(total)
+                acc[1] += float(count)
+    return task.summarize({k: a / b for k, (a, b) in sums.items()})["loss"]
+
+
+@pytest.mark.slow
+def test_la_under_ray_train_two_workers_resumes_after_failure_and_selects_best_epoch(onehot_deeploc, tmp_path,
+                                                                                    ray_session):
+    # lr 0.02 overfits within a few epochs, so the best validation epoch comes before the last
+    cfg = head_cfg("optim.lr=0.02", "train.max_epochs=7", "train.patience=3", "ray.num_workers=2",
+                   "ray.max_failures=1", f"ray.storage_path={tmp_path}", "ray.name=la2",
+                   train=str(onehot_deeploc["train"]))
+    out = train_head(cfg, faults=Faults(fail_once_at_step=20))  # epoch 2 of 15 steps per rank
+    run_dir = tmp_path / "la2"
+    assert (run_dir / ".injected_failure_20").exists()  # rank 1 crashed once; Ray restarted from epoch 1's checkpoint
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [m["epoch"] for m in log]
+    assert epochs == list(range(1, len(log) + 1)) and 4 <= len(log) <= 7  # every epoch reported once, in order
+    assert log[0]["step"] == 15 and all(m["padding_efficiency"] > 0.85 for m in log)
+    best = min(log, key=lambda m: m["eval_loss"])
+    assert out["best_epoch"] == best["epoch"] and out["best_eval_loss"] == pytest.approx(best["eval_loss"])
+    assert out["epoch"] == min(7, best["epoch"] + 3)  # stopped by patience, or at max_epochs
+    config, _ = load_export(latest_checkpoint(run_dir))
+    assert config["kind"] == "finetune-head" and config["train"]["selected"]["epoch"] == best["epoch"]
+    # the export is the selected epoch's model: its validation loss, recomputed in one process, is the best one
+    assert _validation_loss(cfg, run_dir) == pytest.approx(best["eval_loss"], rel=1e-4)
+    if best["epoch"] < out["epoch"]:
+        state = json.loads((latest_checkpoint(run_dir) / "train_state.json").read_text())
+        assert state["evals_since_best"] == out["epoch"] - best["epoch"] and state["world_size"] == 2
 
 
 def test_cnn_on_onehot_flip_beats_majority_state(shared_data, tmp_path):
@@ -63,10 +104,10 @@ def test_cnn_on_onehot_flip_beats_majority_state(shared_data, tmp_path):
     train = run_embed("onehot", flip_shards(flip, tmp_path / "tr", ("train", "valid"), limit=1500), tmp_path / "etr", use_ray=False)
     test = run_embed("onehot", flip_shards(flip, tmp_path / "te", ("test",)), tmp_path / "ete", use_ray=False)
     assert train["rows"] == 1500 and test["rows"] == 364
-    cfg = ExperimentConfig(data=DataConfig(train=str(tmp_path / "etr"), test=str(tmp_path / "ete")),
-                           model=ModelConfig(head="cnn"),
-                           train=TrainConfig(lr=3e-3, epochs=4, patience=2, batch_residues=40000, bootstrap=100))
-    (row,) = run_residue(cfg, tmp_path / "out", "onehot", log=lambda *_: None)
+    cfg = head_cfg("model.head=cnn", "optim.lr=3e-3", "train.max_epochs=4", "train.patience=2",
+                   "data.residues_per_batch=40000", "data.long_proteins=window", "train.bootstrap=100",
+                   train=str(tmp_path / "etr"), test=str(tmp_path / "ete"))
+    (row,) = run_residue(cfg, tmp_path / "out", "onehot", local=True, log=lambda *_: None)
     ss3 = np.concatenate([v[v >= 0] for v in load_embeddings(tmp_path / "ete").residue_labels["ss3"]])
     majority = np.bincount(ss3).max() / len(ss3)
     assert row["test_set"] == "flip" and row["tasks"] == ["ss3", "disorder"]  # FLIP has no 8-state labels
@@ -91,21 +132,21 @@ def test_shipped_configs_load(path):
 
 def test_config_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train: {lr: 0.1, epoch: 3}\n")
-    with pytest.raises(FinetuneError, match=r"bad.yaml: train.epoch: unknown key"):
+    bad.write_text("train: {max_epochs: 3, epoch: 3}\n")
+    with pytest.raises(UserError, match=r"bad.yaml: train.epoch: unknown key"):
         load_config(bad)
     bad.write_text("model: {head: transformer}\n")
-    with pytest.raises(FinetuneError, match=r"bad.yaml: config key model.head"):
+    with pytest.raises(UserError, match=r"bad.yaml: model.head"):
         load_config(bad)
     bad.write_text("train: {seeds: [a]}\n")
-    with pytest.raises(FinetuneError, match=r"bad.yaml: train.seeds\[0\]: expected an integer"):
+    with pytest.raises(UserError, match=r"bad.yaml: train.seeds\[0\]: expected an integer"):
         load_config(bad)
 
 
 def test_cli_deeploc_baselines_and_table(onehot_deeploc, tmp_path, capsys):
     out = tmp_path / "onehot"
     assert main(["deeploc", "--train", str(onehot_deeploc["train"]), "--test", str(onehot_deeploc["test"]),
-                 "--out", str(out), "--methods", "at,majority,mlp", "--epochs", "3", "--seeds", "0,1"]) == 0
+                 "--out", str(out), "--methods", "at,majority,mlp", "--epochs", "3", "--seeds", "0,1", "--local"]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in rows] == ["at", "majority", "mlp"] and rows[2]["seeds"] == 2
     assert rows[0]["q10"] > rows[1]["q10"]  # annotation transfer beats the majority class
@@ -114,16 +155,19 @@ def test_cli_deeploc_baselines_and_table(onehot_deeploc, tmp_path, capsys):
     text = (tmp_path / "t" / "results.md").read_text()
     assert text.index("| onehot | mlp |") < text.index("| onehot | at |") and "±" in text
     assert main(["deeploc", "--train", str(onehot_deeploc["train"]), "--test", str(onehot_deeploc["test"]),
-                 "--out", str(tmp_path / "x"), "--methods", "knn", "--no-wandb"]) == 2
+                 "--out", str(tmp_path / "x"), "--methods", "knn", "--no-wandb", "--local"]) == 2
     assert "unknown method" in capsys.readouterr().err
 
 
 def test_crop_keeps_both_ends(onehot_deeploc):
-    from finetune.train import collate
-
     data = load_embeddings(onehot_deeploc["train"])
     i = int(np.argmax(data.lengths))  # the 13,100-residue protein
-    batch = collate(data, np.array([i]), per_residue=False, crop=1000)
+    task = HeadTask(head_cfg(train=str(onehot_deeploc["train"])))
+    table = pq.read_table(next((onehot_deeploc["train"] / "data").glob("*.parquet")), columns=task.columns)
+    row = {k: v[i] for k, v in table.to_pydict().items()}
+    row["embedding"] = np.frombuffer(row["embedding"], np.uint8)
+    # the engine's crop hands a 1000-residue window starting anywhere; the task keeps the ends instead
+    batch = task.collate_eval([row], np.array([5000]), np.array([1000]), np.random.default_rng(0))
     x = batch["x"][0].T.numpy()
     assert x.shape == (1000, 21) and batch["mask"].all()
     np.testing.assert_array_equal(x[:500], data.residues[i][:500])
