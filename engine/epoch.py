@@ -153,7 +153,9 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     `read_lengths(index, chunk)` reads a row group's `length` column (a parameter so benchmarks
     can plan synthetic corpora). Without `fillers` (evaluation) ranks keep their own counts."""
     agree = agree or (lambda values, op: values)
-    read_lengths = read_lengths or _read_lengths
+    if read_lengths is None:
+        files: dict = {}  # each Parquet footer parsed once, not once per row group
+        read_lengths = lambda ix, c: _read_lengths(ix, c, files)  # noqa: E731
     rng = np.random.default_rng([seed, epoch])
     draws = draw_chunks(indexes, weights, proteins, rng)
     if not draws:
@@ -225,8 +227,8 @@ def _pick(values: np.ndarray, picks: np.ndarray | None) -> np.ndarray:
     return values if picks is None else values[picks]
 
 
-def _read_lengths(index: SourceIndex, chunk: int) -> np.ndarray:
-    return index.read(chunk, ["length"]).column("length").to_numpy().astype(np.int64)
+def _read_lengths(index: SourceIndex, chunk: int, cache: dict) -> np.ndarray:
+    return index.read(chunk, ["length"], cache).column("length").to_numpy().astype(np.int64)
 
 
 def settings_from(cfg) -> PlanSettings:
