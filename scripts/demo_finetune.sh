@@ -26,7 +26,7 @@ for model in "${models[@]}"; do
   name=$(basename "$model")
   for shard in deeploc_train deeploc_test ss_train ss_test; do
     ft embed --model "$model" --data "$D/$shard" --out "$OUT/embeddings/$name/$shard" \
-      --config finetune/configs/demo.yaml --num-cpus 3  # 2 actors + a CPU for the Parquet reads
+      --config finetune/configs/demo.yaml  # the actor pool leaves a CPU for the Parquet reads
   done
   ft deeploc --config finetune/configs/demo.yaml --name "$name" --group demo-finetune \
     --train "$OUT/embeddings/$name/deeploc_train" --test "$OUT/embeddings/$name/deeploc_test" \

@@ -80,13 +80,15 @@ def test_la_under_ray_train_two_workers_resumes_after_failure_and_selects_best_e
     cfg = head_cfg("optim.lr=0.02", "train.max_epochs=7", "train.patience=3", "ray.num_workers=2",
                    "ray.max_failures=1", f"ray.storage_path={tmp_path}", "ray.name=la2",
                    train=str(onehot_deeploc["train"]))
-    out = train_head(cfg, faults=Faults(fail_once_at_step=20))  # epoch 2 of 15 steps per rank
+    out = train_head(cfg, faults=Faults(fail_once_at_step=20))  # in epoch 2 (about 16 steps per rank and epoch)
     run_dir = tmp_path / "la2"
     assert (run_dir / ".injected_failure_20").exists()  # rank 1 crashed once; Ray restarted from epoch 1's checkpoint
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [m["epoch"] for m in log]
     assert epochs == list(range(1, len(log) + 1)) and 4 <= len(log) <= 7  # every epoch reported once, in order
-    assert log[0]["step"] == 15 and all(m["padding_efficiency"] > 0.85 for m in log)
+    steps = [m["step"] for m in log]
+    assert 14 <= steps[0] < 20 < steps[1] and all(12 <= b - a <= 20 for a, b in zip(steps, steps[1:]))
+    assert all(m["padding_efficiency"] > 0.85 for m in log)
     best = min(log, key=lambda m: m["eval_loss"])
     assert out["best_epoch"] == best["epoch"] and out["best_eval_loss"] == pytest.approx(best["eval_loss"])
     assert out["epoch"] == min(7, best["epoch"] + 3)  # stopped by patience, or at max_epochs
