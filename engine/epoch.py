@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .batching import PieceStats, make_pieces, pack_batches
-from .sources import SourceIndex
+from .sources import DataError, SourceIndex
 
 
 @dataclass
@@ -159,7 +159,8 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     rng = np.random.default_rng([seed, epoch])
     draws = draw_chunks(indexes, weights, proteins, rng)
     if not draws:
-        raise ValueError("no rows to train on (empty sources or an empty row selection)")
+        raise DataError(f"{', '.join(ix.source.path for ix in indexes)}: no rows to train on (empty shards or an "
+                        "empty row selection)")
     mine = [draws[k] for k in np.flatnonzero(deal(draws, indexes, world) == rank)]
     duplicate = not mine
     if duplicate:  # fewer draws than ranks: read another rank's, its batches count as fillers
@@ -191,8 +192,8 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     own = first
     total = agree([own], "max")[0] if fillers else own
     if total and not windows:
-        raise ValueError(f"rank {rank} has no batch of its own while other ranks have {total}: use fewer "
-                         f"workers, or smaller row groups or data.window_chunks")
+        raise DataError(f"{indexes[0].source.path}: rank {rank} has no batch of its own while other ranks have "
+                        f"{total} (all its proteins shorter than data.min_length?): use fewer workers")
     if total > own:  # fillers: the last window's batches again, in order
         last = windows[-1]
         n = len(last)

@@ -30,7 +30,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, deepspeed_settings, to_dict
-from .sources import Mixture
+from .sources import DataError, Mixture
 from .stream import Feed
 from .tracking import Tracker, git_commit
 
@@ -188,7 +188,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     while not done:
         plan = feed.plan(state["epoch"])
         if not plan.batches:
-            raise ValueError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
+            raise DataError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
         if ctx.rank == 0 and state["batch_in_epoch"] == 0 and (state["epoch"] == 0 or not per_epoch):
             st = plan.stats
             print(f"[engine] epoch {state['epoch']}: {plan.batches} batches per rank ({plan.own_batches} on rank 0 "
