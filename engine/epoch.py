@@ -33,22 +33,37 @@ from .sources import DataError, SourceIndex
 class Window:
     """Row groups read together and the batches packed from their rows.
 
-    Rows of the window are the selected rows of its chunks, concatenated in chunk order;
-    batch b holds pieces (`rows[b][i]`, residues `starts[b][i]` .. + `lengths[b][i]`)."""
+    Rows of the window are the selected rows of its chunks, concatenated in chunk order. The
+    batches are stored flat (a plan holds one entry per piece of the rank's epoch, so it stays
+    compact): batch b is pieces `bounds[b]:bounds[b+1]` of (`rows`, `starts`, `lengths`)."""
     sources: list[int]  # per chunk: source position
     paths: list[str]  # per chunk: Parquet file
     groups: list[int]  # per chunk: row group in that file
     picks: list[np.ndarray | None]  # per chunk: rows used (None = all)
-    rows: list[np.ndarray] = field(default_factory=list)
-    starts: list[np.ndarray] = field(default_factory=list)
-    lengths: list[np.ndarray] = field(default_factory=list)
-    repeated: list[bool] = field(default_factory=list)  # filler batches (equal step counts)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # per piece: row in the window
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # per piece: first residue
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # per piece: residues
+    bounds: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # batch b = pieces bounds[b]:bounds[b+1]
+    repeated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # per batch: a filler (equal step counts)
     first_batch: int = 0  # index of this window's first batch in the rank's epoch
     skip: int = 0  # batches already trained on (a resumed run starts inside this window)
-    duplicate: bool = False  # the rank had no draw of its own and reads another rank's
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.bounds) - 1
+
+    def batch(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, starts, lengths) of the pieces of batch b."""
+        lo, hi = self.bounds[b], self.bounds[b + 1]
+        return self.rows[lo:hi], self.starts[lo:hi], self.lengths[lo:hi]
+
+    def add_batches(self, order: np.ndarray, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                    sizes: np.ndarray, repeated: bool) -> None:
+        """Append batches: pieces `order` (batch after batch, `sizes` pieces each)."""
+        self.rows = np.concatenate([self.rows, rows[order].astype(np.int32)])
+        self.starts = np.concatenate([self.starts, starts[order].astype(np.int32)])
+        self.lengths = np.concatenate([self.lengths, lengths[order].astype(np.int32)])
+        self.bounds = np.concatenate([self.bounds, self.bounds[-1] + np.cumsum(sizes)])
+        self.repeated = np.concatenate([self.repeated, np.full(len(sizes), repeated)])
 
 
 @dataclass
@@ -175,18 +190,19 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
         lengths = np.concatenate([_pick(read_lengths(indexes[s], c), p) for s, c, p in entries])
         wrng = np.random.default_rng([seed, epoch, rank, w])
         pieces, st = make_pieces(lengths, settings.max_length, settings.long_proteins, settings.min_length, wrng)
-        for b in pack_batches(pieces.lengths, settings.residues_per_batch, settings.max_batch_size,
-                              settings.bucket_ratio, wrng):
-            window.rows.append(pieces.rows[b])
-            window.starts.append(pieces.starts[b])
-            window.lengths.append(pieces.lengths[b])
-            window.repeated.append(duplicate)
-        window.first_batch, window.duplicate = first, duplicate
+        batches = pack_batches(pieces.lengths, settings.residues_per_batch, settings.max_batch_size,
+                               settings.bucket_ratio, wrng)
+        if batches:
+            order, sizes = np.concatenate(batches), np.array([len(b) for b in batches])
+            window.add_batches(order, pieces.rows, pieces.starts, pieces.lengths, sizes, duplicate)
+            if not duplicate:
+                longest = np.maximum.reduceat(pieces.lengths[order], np.cumsum(sizes) - sizes)
+                residues += int(pieces.lengths.sum())
+                padded += int((longest * sizes).sum())
+        window.first_batch = first
         first += len(window)
         if not duplicate:
             stats.add(st)
-            residues += sum(int(x.sum()) for x in window.lengths)
-            padded += sum(int(x.max()) * len(x) for x in window.lengths)
         if len(window):
             windows.append(window)
     own = first
@@ -196,13 +212,9 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
                         f"{total} (all its proteins shorter than data.min_length?): use fewer workers")
     if total > own:  # fillers: the last window's batches again, in order
         last = windows[-1]
-        n = len(last)
-        for i in range(total - own):
-            j = i % n
-            last.rows.append(last.rows[j])
-            last.starts.append(last.starts[j])
-            last.lengths.append(last.lengths[j])
-            last.repeated.append(True)
+        again = np.arange(total - own) % len(last)
+        order = np.concatenate([np.arange(last.bounds[j], last.bounds[j + 1]) for j in again])
+        last.add_batches(order, last.rows, last.starts, last.lengths, np.diff(last.bounds)[again], True)
     sums = agree([stats.proteins, stats.pieces, stats.long_proteins, stats.cropped_residues, stats.skipped_short,
                   residues, padded], "sum")
     stats = PieceStats(*sums[:5])

@@ -66,13 +66,14 @@ class WindowReader:
             if picks is not None:
                 table = table.take(pa.array(picks))
             rows.extend(row_dicts(table, s))
+        collate = self.task.collate if self.training else self.task.collate_eval
         for b in range(window.skip, len(window)):
             index = window.first_batch + b
-            starts, lengths = window.starts[b], window.lengths[b]
+            pieces, starts, lengths = window.batch(b)
             rng = np.random.default_rng([self.seed, self.epoch, index, self.rank])
-            collate = self.task.collate if self.training else self.task.collate_eval
-            tensors = collate([rows[r] for r in window.rows[b]], starts, lengths, rng)
-            yield ReadyBatch(index, window.repeated[b], int(lengths.sum()), int(lengths.max()) * len(lengths), tensors)
+            tensors = collate([rows[r] for r in pieces], starts.astype(np.int64), lengths.astype(np.int64), rng)
+            yield ReadyBatch(index, bool(window.repeated[b]), int(lengths.sum()), int(lengths.max()) * len(lengths),
+                             tensors)
 
 
 def local_batches(windows: list[Window], reader: WindowReader) -> Iterator[ReadyBatch]:

@@ -42,7 +42,7 @@ def test_padding_efficiency_and_budget_on_real_corpus(corpus_lengths):
     assert len(corpus_lengths) == 44331
     plan = plan_lengths(corpus_lengths, SETTINGS, seed=1)
     assert plan.padding_efficiency >= 0.9
-    batches = [(w.lengths[b]) for w in plan.windows for b in range(len(w))]
+    batches = [w.batch(b)[2] for w in plan.windows for b in range(len(w))]
     assert all(x.max() * len(x) <= 8192 and len(x) <= 256 and x.max() <= 512 for x in batches)
     assert plan.stats.long_proteins == int((corpus_lengths > 512).sum()) > 0
     assert sum(int(x.sum()) for x in batches) == int(corpus_lengths.sum())  # window mode: every residue
@@ -87,9 +87,10 @@ def test_every_rank_gets_the_same_number_of_batches_and_its_own_row_groups(corpu
             for b in range(len(w)):
                 if w.repeated[b]:
                     continue
-                chunk = np.searchsorted(offsets, w.rows[b], side="right") - 1
-                rows = [first[w.groups[c]] + r - offsets[c] for c, r in zip(chunk, w.rows[b])]
-                seen += list(zip(rows, w.starts[b].tolist()))
+                pieces, starts, _ = w.batch(b)
+                chunk = np.searchsorted(offsets, pieces, side="right") - 1
+                rows = [first[w.groups[c]] + r - offsets[c] for c, r in zip(chunk, pieces)]
+                seen += list(zip(rows, starts.tolist()))
     pieces, _ = make_pieces(lengths, 512)
     assert sorted(seen) == sorted(zip(pieces.rows.tolist(), pieces.starts.tolist()))
     # each rank reads its own row groups: about 1/world of them, no two ranks the same
@@ -104,7 +105,7 @@ def test_plan_is_deterministic_per_seed_and_epoch_and_resumes_mid_window(corpus_
     (b,), _ = plans(lengths, 1, seed=5, epoch=1, group_rows=128)
     (c,), _ = plans(lengths, 1, seed=5, epoch=2, group_rows=128)
     assert len(a.windows) == 3
-    flat = lambda p: [x.tolist() for w in p.windows for x in w.rows]  # noqa: E731
+    flat = lambda p: [w.batch(b)[0].tolist() for w in p.windows for b in range(len(w))]  # noqa: E731
     assert flat(a) == flat(b) and flat(a) != flat(c)
     # resuming at batch k keeps exactly the batches from k on
     k = len(a.windows[0]) + 3
