@@ -8,7 +8,7 @@ copy of them (every row repeated with a unique id). Then:
 - first_step_ratio_16x: seconds from opening the shards to the first optimizer step, 16x / 1x
   (planning reads the `length` column of the rank's row groups). Target <= 1.5.
 - throughput_ratio: residues/s of the same steps on the same batches, streamed through Ray Data /
-  held in memory before the loop starts. Target >= 0.9.
+  held in memory before the loop starts (best of `--repeats` interleaved runs each). Target >= 0.9.
 - read_fraction_world8: Parquet bytes rank r of 8 reads in one epoch (its row groups' `length`
   and `tokens` column chunks, planning included) / the bytes of those columns in all row groups;
   the largest over ranks. Target <= 1.1/8 = 0.1375.
@@ -18,7 +18,7 @@ copy of them (every row repeated with a unique id). Then:
 The training processes are separate processes, one at a time, each with its own local Ray.
 Ends with one JSON line.
 
-    .venv/bin/python bench/bench_data.py [--steps 30] [--skip-fasta]
+    .venv/bin/python bench/bench_data.py [--steps 20] [--repeats 3] [--skip-fasta]
 """
 from __future__ import annotations
 
@@ -166,7 +166,8 @@ def fasta_figure() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3, help="stream/memory pairs for the throughput ratio")
     ap.add_argument("--skip-fasta", action="store_true", help="leave out the FASTA ingest figure")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
@@ -183,15 +184,24 @@ def main() -> None:
         print(f"reads    one of 8 ranks reads {fraction:.4f} of the length+tokens bytes (target <= 0.1375)")
         x1 = run_child(one, args.steps, "stream")
         x16 = run_child(many, args.steps, "stream")
-        memory = run_child(one, args.steps, "memory")
-    for name, r in (("1x stream", x1), ("16x stream", x16), ("1x memory", memory)):
+        runs = [("1x stream", x1), ("16x stream", x16)]
+        # throughput: stream and memory runs interleaved, best of each (the box is shared: load
+        # changes between runs, and the least disturbed run is the fairest view of each path)
+        streams, memories = [x1], []
+        for i in range(args.repeats):
+            memories.append(run_child(one, args.steps, "memory"))
+            runs.append(("1x memory", memories[-1]))
+            if i + 1 < args.repeats:
+                streams.append(run_child(one, args.steps, "stream"))
+                runs.append(("1x stream", streams[-1]))
+    for name, r in runs:
         print(f"train    {name:10s}: peak RSS {r['peak_rss_mb']:.0f} MiB, first step after {r['first_step_s']:.1f} s, "
               f"{r['residues_per_s']:.0f} residues/s")
     result = {
         "rss_ratio_16x": x16["peak_rss_mb"] / x1["peak_rss_mb"],
         "read_fraction_world8": fraction,
         "first_step_ratio_16x": x16["first_step_s"] / x1["first_step_s"],
-        "throughput_ratio": x1["residues_per_s"] / memory["residues_per_s"],
+        "throughput_ratio": max(r["residues_per_s"] for r in streams) / max(r["residues_per_s"] for r in memories),
         "plan_seconds_60m": plan_seconds(),
     }
     if not args.skip_fasta:
