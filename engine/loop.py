@@ -170,7 +170,10 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     micro = 0
     stop_at = faults.stop_after or cfg.train.max_steps
     per_epoch = cfg.train.eval_every_epoch
-    done = state["step"] >= cfg.train.max_steps or state.get("finished", False)
+    # "stopped": patience ran out (part of the state, so a resumed run stays stopped); the step and
+    # epoch limits come from the config, so a finished run can be extended by raising them
+    epochs_done = lambda: bool(cfg.train.max_epochs) and state["epoch"] >= cfg.train.max_epochs  # noqa: E731
+    done = state["step"] >= cfg.train.max_steps or state.get("stopped", False) or epochs_done()
     epoch_start = time.perf_counter()
 
     def report(metrics: dict, save: bool) -> None:
@@ -224,10 +227,10 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
                 metrics.update(lr=scheduler_lr(engine), step=step, epoch=state["epoch"])
                 if valid is not None and (final or (cfg.train.eval_every and step % cfg.train.eval_every == 0)):
                     metrics.update(evaluate(task, engine, valid, cfg, ctx))
-                    state["finished"] = selection.update(metrics, state, engine) or final
-                report(metrics, save or state.get("finished", False))
+                    state["stopped"] = selection.update(metrics, state, engine)
+                report(metrics, save or state.get("stopped", False))
                 last = metrics
-            if final or step == stop_at or state.get("finished"):
+            if final or step == stop_at or state.get("stopped"):
                 done = True
                 break
         else:
@@ -241,9 +244,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
                                seconds_per_epoch=state["train_seconds"] / state["epoch"])
                 if valid is not None:
                     metrics.update(evaluate(task, engine, valid, cfg, ctx))
-                    state["finished"] = selection.update(metrics, state, engine)
-                if cfg.train.max_epochs and state["epoch"] >= cfg.train.max_epochs:
-                    state["finished"] = True
+                    state["stopped"] = selection.update(metrics, state, engine)
                 report(metrics, save=True)
                 last = metrics
                 if ctx.rank == 0:
@@ -251,8 +252,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
                         f"{k} {v:.4g}" for k, v in metrics.items()
                         if k in ("loss", "eval_loss", "seconds_per_epoch", "best_epoch") or k == f"eval_{selection.metric}"),
                         flush=True)
-            elif cfg.train.max_epochs and state["epoch"] >= cfg.train.max_epochs:
-                state["finished"] = True
+            elif epochs_done():
                 metrics = window.reduce(ctx, task)
                 metrics.update(lr=scheduler_lr(engine), step=state["step"], epoch=state["epoch"])
                 if valid is not None:
@@ -260,7 +260,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
                     selection.update(metrics, state, engine)
                 report(metrics, save=True)
                 last = metrics
-            done = done or state.get("finished", False)
+            done = state.get("stopped", False) or epochs_done()
             epoch_start = time.perf_counter()
         stream.close()
     tracker.finish()

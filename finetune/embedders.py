@@ -37,10 +37,9 @@ def load_embedder(model: str, device: str = "cpu"):
         module = importlib.import_module(f"{stage}.embed")
     except ModuleNotFoundError as err:
         raise FinetuneError(f"{config_path}: kind {kind} needs {stage}/embed.py ({err})") from None
-    try:
-        return module.load_embedder(str(export), device=device)
-    except (ValueError, OSError, KeyError, TypeError, RuntimeError) as err:  # the stage's own load errors
-        raise FinetuneError(f"{export}: cannot load the {kind} model ({str(err).splitlines()[0]})") from None
+    # the stage's loader (engine.checkpoint.load_export, strict) raises UserErrors naming the file;
+    # anything else it raises is a bug and keeps its traceback
+    return module.load_embedder(str(export), device=device)
 
 
 def describe(model: str) -> str:

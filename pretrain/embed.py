@@ -49,9 +49,7 @@ class BiLSTMEmbedder:
 
 def load_embedder(export_dir: str | Path, device: str = "cpu", embedding: dict | None = None) -> BiLSTMEmbedder:
     """An embedder from an export directory; `embedding` overrides config.json's "embedding"."""
-    config, state = load_export(export_dir)
-    if config.get("kind") != "bilstm":
-        raise CheckpointError(f"{export_dir}/config.json: kind is {config.get('kind')!r}, expected 'bilstm'")
+    config, state = load_export(export_dir, kind="bilstm")
     if config.get("vocab_hash") not in (None, vocab_hash()):
         raise CheckpointError(f"{export_dir}/config.json: vocabulary hash {config['vocab_hash']} differs from "
                               f"this code's {vocab_hash()}")
