@@ -45,7 +45,7 @@ def onehot_deeploc(shared_data, tmp_path_factory):
 
 
 def test_la_on_onehot_beats_majority_on_real_deeploc_test(onehot_deeploc, tmp_path):
-    cfg = head_cfg("optim.lr=3e-3", "train.max_epochs=20", "train.patience=6", "data.max_length=1000",
+    cfg = head_cfg("optim.lr=0.003", "train.max_epochs=20", "train.patience=6", "data.max_length=1000",
                    "train.bootstrap=200", train=str(onehot_deeploc["train"]), test=str(onehot_deeploc["test"]))
     rows = {r["method"]: r for r in run_protein(cfg, tmp_path, "onehot", ("la", "majority"), local=True,
                                                 log=lambda *_: None)}
@@ -106,7 +106,7 @@ def test_cnn_on_onehot_flip_beats_majority_state(shared_data, tmp_path):
     train = run_embed("onehot", flip_shards(flip, tmp_path / "tr", ("train", "valid"), limit=1500), tmp_path / "etr", use_ray=False)
     test = run_embed("onehot", flip_shards(flip, tmp_path / "te", ("test",)), tmp_path / "ete", use_ray=False)
     assert train["rows"] == 1500 and test["rows"] == 364
-    cfg = head_cfg("model.head=cnn", "optim.lr=3e-3", "train.max_epochs=4", "train.patience=2",
+    cfg = head_cfg("model.head=cnn", "optim.lr=0.003", "train.max_epochs=4", "train.patience=2",
                    "data.residues_per_batch=40000", "data.long_proteins=window", "train.bootstrap=100",
                    train=str(tmp_path / "etr"), test=str(tmp_path / "ete"))
     (row,) = run_residue(cfg, tmp_path / "out", "onehot", local=True, log=lambda *_: None)
