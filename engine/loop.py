@@ -379,6 +379,13 @@ def evaluate(task, engine, feed: Feed, cfg: ExperimentConfig, ctx: WorkerContext
     during training (multitask does) must leave train.select_metric empty."""
     plan = feed.plan(EVAL_EPOCH)
     window = _Window()
+    if ctx.world_size > 1:
+        # Buffers (batch norm running statistics) are updated by each rank on its own batches and
+        # DeepSpeed does not synchronise them: without this each rank would evaluate its share with a
+        # different model, and the model that selection keeps and exports (rank 0's) would not be the
+        # one whose score was reported. Rank 0's buffers, as DDP's broadcast_buffers does.
+        for buffer in engine.module.buffers():
+            torch.distributed.broadcast(buffer.data, src=0)
     engine.eval()
     with torch.no_grad():
         for ready in feed.batches(plan, EVAL_EPOCH):
