@@ -314,6 +314,11 @@ def _convert(tp, value, source: str, key: str):
             raise ConfigError(f"{source}: {key}: expected an integer, got {_show(value)}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string; users mean the number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key}: expected a number, got {_show(value)}")
         return float(value)

@@ -64,7 +64,7 @@ def test_set_repeats_and_the_error_names_the_bad_key(capsys):
     from pretrain.__main__ import main
 
     demo = str(CONFIG_DIR / "demo.yaml")
-    assert main(["train", "--config", demo, "--set", "optim.lr=0.01", "--set", "ray.num_workers=3", "train.seed=7",
+    assert main(["train", "--config", demo, "--set", "optim.lr=1e-2", "--set", "ray.num_workers=3", "train.seed=7",
                  "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out.split("# DeepSpeed")[0])
     assert (resolved["optim"]["lr"], resolved["ray"]["num_workers"], resolved["train"]["seed"]) == (0.01, 3, 7)

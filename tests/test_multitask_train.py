@@ -136,7 +136,9 @@ def _mean_losses(model, batches) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_two_worker_ray_deepspeed_run_lowers_every_task_loss(shards, ray_session, tmp_path):
-    cfg = prepare(small_config(shards, tmp_path, "ray2", "train.max_steps=40", "ray.num_workers=2",
+    # 60 steps: the membrane head sees about 3 labelled proteins per batch, and after 40 steps it
+    # had not moved reliably (seed 0 left it worse while every other head improved)
+    cfg = prepare(small_config(shards, tmp_path, "ray2", "train.max_steps=60", "ray.num_workers=2",
                                "deepspeed.zero_stage=1"))
     from engine.launch import launch
     metrics = launch(MultitaskTask, cfg)
