@@ -9,7 +9,6 @@ import importlib
 import json
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import yaml

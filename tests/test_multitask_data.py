@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from conftest import SHARED_DATA
 from data_prep.shards import pack_residues, write_manifest, write_rejects, write_table_shards
