@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .epoch import EpochPlan, Window, plan_epoch, settings_from
-from .sources import SourceIndex, row_dicts
+from .sources import SourceIndex, open_source, row_dicts
 
 
 @dataclass
@@ -119,8 +119,6 @@ class Feed:
 
     def __init__(self, mixture, cfg, task, *, rank: int, world: int, agree=None, use_ray: bool = False,
                  training: bool = True):
-        from .sources import open_source
-
         self.indexes = [open_source(s, cfg.data.limit) for s in mixture.sources]
         self.weights = [s.weight for s in mixture.sources]
         self.proteins = mixture.proteins
