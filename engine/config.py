@@ -176,10 +176,15 @@ def check_engine_values(cfg: ExperimentConfig, source: str = "<config>") -> None
         ("ray.num_workers", cfg.ray.num_workers >= 1, "must be >= 1"),
         ("ray.name", bool(cfg.ray.name) and "/" not in cfg.ray.name, "must be a non-empty name without '/'"),
     ]
+    check_rules(rules, source)
+    deepspeed_settings(cfg.deepspeed, False, source)  # a bad deepspeed.config fails now, naming the file
+
+
+def check_rules(rules: list[tuple[str, bool, str]], source: str) -> None:
+    """Raise a ConfigError naming the file and key of the first (key, holds, why) rule that fails."""
     for key, ok, why in rules:
         if not ok:
             raise ConfigError(f"{source}: {key}: {why}")
-    deepspeed_settings(cfg.deepspeed, False, source)  # a bad deepspeed.config fails now, naming the file
 
 
 def deepspeed_settings(ds: DeepSpeedSection, bf16: bool, source: str = "<config>") -> dict:

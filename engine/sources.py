@@ -121,10 +121,7 @@ def open_source(source: Source, limit: int = 0) -> SourceIndex:
         raise DataError(f"{where}: shards are schema_version {version}; this code reads version "
                         f"{SHARD_SCHEMA_VERSION} (binary per-residue columns): re-run the python -m data_prep "
                         f"command that made them")
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/data", allow_not_found=True))
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    if not files:
-        raise DataError(f"{where}: no shards under {where.rstrip('/')}/data (run python -m data_prep first)")
+    files = _data_files(fs, base, where)
     wanted = list(dict.fromkeys(["length", *source.columns]))
     file_idx, group_idx, counts, column_bytes = [], [], [], []
     for fi, path in enumerate(files):
@@ -155,6 +152,15 @@ def open_source(source: Source, limit: int = 0) -> SourceIndex:
             raise DataError(f"{where}: selected row {int(picked[-1])} is out of range ({total} rows)")
         index.picked = picked
     return index
+
+
+def _data_files(fs: pafs.FileSystem, base: str, where: str) -> list[str]:
+    """The Parquet files under `base`/data, sorted; a one-line DataError when there are none."""
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/data", allow_not_found=True))
+    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+    if not files:
+        raise DataError(f"{where}: no shards under {where.rstrip('/')}/data (run python -m data_prep first)")
+    return files
 
 
 def _column_bytes(rg, wanted: list[str], position: dict[str, int]) -> dict[str, int]:
@@ -220,11 +226,7 @@ def residue_arrays(column: pa.Array | pa.ChunkedArray, dtype=np.uint8
 def shard_columns(path: str) -> list[str]:
     """Column names of a shard directory (from its first data file's schema)."""
     fs, base = _filesystem(path)
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/data", allow_not_found=True))
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
-    if not files:
-        raise DataError(f"{path}: no shards under {path.rstrip('/')}/data (run python -m data_prep first)")
-    return pq.ParquetFile(fs.open_input_file(files[0])).schema_arrow.names
+    return pq.ParquetFile(fs.open_input_file(_data_files(fs, base, path)[0])).schema_arrow.names
 
 
 def read_column(path: str, name: str) -> np.ndarray:

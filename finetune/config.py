@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from engine.config import (ConfigError, DataConfig, DeepSpeedSection, ExperimentConfig, LoopConfig, OptimConfig,
+from engine.config import (DataConfig, DeepSpeedSection, ExperimentConfig, LoopConfig, OptimConfig, check_rules,
                            load_config as engine_load_config)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -118,9 +118,7 @@ def check_values(cfg: FinetuneConfig, source: str = "<config>") -> None:
         ("embed.rows_per_task", e.rows_per_task >= 1, "must be >= 1"),
         ("embed.rows_per_shard", e.rows_per_shard >= 1, "must be >= 1"),
     ]
-    for key, ok, why in rules:
-        if not ok:
-            raise ConfigError(f"{source}: {key}: {why}")
+    check_rules(rules, source)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> FinetuneConfig:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from engine.config import ConfigError, ExperimentConfig, load_config
+from engine.config import ExperimentConfig, check_rules, load_config
 
 from .embed import EmbeddingConfig
 from .losses import TaskWeights
@@ -78,9 +78,7 @@ def check_values(cfg: MultitaskConfig, source: str = "<config>") -> None:
                "must be crop: multitask trains one piece per protein (mixture.protein_crop picks it for labelled proteins)"),
               ("data.train", not cfg.data.train, "leave empty: multitask trains on mixture.sources"),
               ("data.valid", not cfg.data.valid, "leave empty: multitask evaluates on eval.ss_test / eval.deeploc_test")]
-    for key, ok, why in rules:
-        if not ok:
-            raise ConfigError(f"{source}: {key}: {why}")
+    check_rules(rules, source)
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> MultitaskConfig:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from data_prep.vocab import save_tokenizer, vocab_hash
-from engine.sources import DataError, Mixture, Source, read_column, shard_columns
+from engine.sources import DataError, Mixture, Source, open_source, read_column, shard_columns
 from engine.metrics import gorodkin_mcc
 from engine.task import Task
 
@@ -37,18 +37,26 @@ def run_dir(cfg: MultitaskConfig) -> Path:
     return Path(cfg.ray.storage_path).resolve() / cfg.ray.name
 
 
-def _columns(path: str) -> list[str]:
-    names = shard_columns(path)
+def _columns(path: str, names: list[str]) -> list[str]:
+    """The features a shard has, of those the task uses (`names`: its schema's columns)."""
     if "tokens" not in names:
         raise DataError(f"{path}: shards lack column 'tokens'")
     return [c for c in FEATURES if c in names]
 
 
+def _test_rows(path: str, names: list[str]) -> np.ndarray:
+    """Rows with split == test (every row of a shard without a split column)."""
+    if "split" in names:
+        return read_column(path, "split").astype(object) == "test"
+    return np.ones(open_source(Source(path, [])).total_rows, bool)
+
+
 def training_source(path: str, weight: float, splits: list[str]) -> Source:
     """A mixture source: rows of the allowed splits only; a shard with test rows is refused."""
-    columns = _columns(path)
+    names = shard_columns(path)
+    columns = _columns(path, names)
     rows = None
-    if "split" in shard_columns(path):
+    if "split" in names:
         split = read_column(path, "split").astype(object)
         n_test = int((split == "test").sum())
         if n_test:
@@ -75,16 +83,15 @@ def evaluation_sources(ss_test: str, deeploc_test: str, limit: int = 0) -> list[
 
     if ss_test:
         names = shard_columns(ss_test)
-        n = len(read_column(ss_test, "length"))
-        dataset = read_column(ss_test, "dataset").astype(object) if "dataset" in names else np.full(n, "ss", object)
-        test = read_column(ss_test, "split").astype(object) == "test" if "split" in names else np.ones(n, bool)
+        test = _test_rows(ss_test, names)
+        dataset = read_column(ss_test, "dataset").astype(object) if "dataset" in names else np.full(len(test), "ss")
+        columns = _columns(ss_test, names)
         for name in sorted(set(dataset[test]), key=lambda d: (SS_ORDER + (d,)).index(d)):
-            out.append(("ss", Source(ss_test, _columns(ss_test), rows=rows_of(test & (dataset == name)), name=name)))
+            out.append(("ss", Source(ss_test, columns, rows=rows_of(test & (dataset == name)), name=name)))
     if deeploc_test:
         names = shard_columns(deeploc_test)
-        n = len(read_column(deeploc_test, "length"))
-        test = read_column(deeploc_test, "split").astype(object) == "test" if "split" in names else np.ones(n, bool)
-        out.append(("deeploc", Source(deeploc_test, _columns(deeploc_test), rows=rows_of(test), name="deeploc")))
+        out.append(("deeploc", Source(deeploc_test, _columns(deeploc_test, names),
+                                      rows=rows_of(_test_rows(deeploc_test, names)), name="deeploc")))
     return out
 
 
