@@ -1,7 +1,7 @@
 """`python -m data_prep`: raw files -> Parquet shards. Each subcommand maps to one plain function.
 
   fasta IN... --out DIR                 FASTA (plain/gzip) -> sequence shards (Ray Data)
-  pssm IN... --out DIR [--sequences D]  PSI-BLAST ASCII PSSMs -> PSSM shards (or joined to sequences)
+  pssm IN... --out DIR [--sequences D [--join-on sequence]]  PSI-BLAST ASCII PSSMs -> PSSM shards (or joined to sequences)
   pssm generate --fasta F --db DB --out DIR   run psiblast for every query (Ray tasks)
   labels deeploc|flip|netsurfp ...      labelled sets -> deeploc / ss shards
   split --train DIR --eval DIR... --out DIR   drop training homologs of eval sequences (MMseqs2)
@@ -32,7 +32,7 @@ def _cmd_fasta(a):
 def _cmd_pssm(a):
     from .pssm import convert_pssm
 
-    return convert_pssm(a.inputs, a.out, a.sequences)
+    return convert_pssm(a.inputs, a.out, a.sequences, join_on=a.join_on)
 
 
 def _cmd_pssm_generate(a):
@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pssm", help="ASCII PSSMs -> PSSM shards ('pssm generate --help' to make them)")
     s.add_argument("inputs", nargs="+", help="PSSM files or directories of them")
     s.add_argument("--out", required=True)
-    s.add_argument("--sequences", default=None, help="sequence shard dir to join the PSSMs to by id")
+    s.add_argument("--sequences", default=None, help="sequence shard dir to join the PSSMs to")
+    s.add_argument("--join-on", choices=["id", "sequence"], default="id",
+                   help="match PSSM to sequence rows by id (file name up to the first '.') or by residues")
     s.set_defaults(func=_cmd_pssm)
 
     g = sub.add_parser("pssm-generate", help="same as 'pssm generate': run psiblast for every query")

@@ -7,6 +7,8 @@ transparently. Every file is one input record: written, or rejected with the par
 With --sequences, the rows of the sequence shards are written with the PSSM columns attached
 (null and counted as "without_pssm" where there is none); a PSSM is then a reject when its
 residues differ from the sequence (residue_mismatch) or no sequence has its id (no_sequence).
+`--join-on sequence` matches by the residues instead of the id, for PSSM files named by accession
+beside sequences named otherwise (a PSSM then attaches to every row with exactly its residues).
 Accounting in that mode: input records = sequence rows + PSSM files not attached.
 """
 from __future__ import annotations
@@ -94,7 +96,10 @@ def _reject_rows(table: pa.Table, files: list[str], reason=None) -> list[dict]:
     return rows
 
 
-def convert_pssm(inputs: list[str], out: str | Path, sequences: str | Path | None = None) -> dict:
+def convert_pssm(inputs: list[str], out: str | Path, sequences: str | Path | None = None,
+                 join_on: str = "id") -> dict:
+    if join_on not in ("id", "sequence"):
+        raise DataPrepError(f"pssm: --join-on must be 'id' or 'sequence', not {join_on!r}")
     files = list_inputs(inputs)
     if not files:
         raise DataPrepError("pssm: no input files")
@@ -118,29 +123,34 @@ def convert_pssm(inputs: list[str], out: str | Path, sequences: str | Path | Non
             sources=files, rejected=Counter(r["reason"] for r in rejects), input_records=len(files),
             zero_rows=int(shards.residue_arrays(table["zero_row"], np.uint8)[0].sum()),
             column_order="ARNDCQEGHILKMFPSTWYV")
-    return _join(good, rejects, files, sequences, out)
+    return _join(good, rejects, files, sequences, out, join_on)
 
 
-def _join(good: pa.Table, rejects: list[dict], files: list[str], seqdir, out) -> dict:
+def _join(good: pa.Table, rejects: list[dict], files: list[str], seqdir, out, join_on: str) -> dict:
     shards.check_schema(seqdir)
     seq = shards.read_table(seqdir)
     if "tokens" not in seq.column_names:
         raise DataPrepError(f"{seqdir}: not a sequence shard directory (no tokens column)")
     seq = seq.drop_columns([c for c in PSSM_COLUMNS if c in seq.column_names])
-    row_of = {rid: i for i, rid in enumerate(seq["id"].to_pylist())}
     seq_strings = seq["sequence"].to_pylist()
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(seq[join_on].to_pylist()):
+        rows_of.setdefault(key, []).append(i)
     at = np.full(seq.num_rows, -1, np.int64)        # row -> index into `good`
-    unmatched, mismatch = [], []
+    unmatched, mismatch, taken = [], [], []
     for j, (rid, s) in enumerate(zip(good["id"].to_pylist(), good["sequence"].to_pylist())):
-        i = row_of.get(rid)
-        if i is None:
+        rows = rows_of.get(rid if join_on == "id" else s)
+        if rows is None:
             unmatched.append(j)
-        elif seq_strings[i] != s:
+        elif any(seq_strings[i] != s for i in rows):
             mismatch.append(j)
+        elif at[rows[0]] >= 0:   # only by sequence: an earlier file already has these residues
+            taken.append(j)
         else:
-            at[i] = j
+            at[rows] = j
     rejects += _reject_rows(good.take(pa.array(unmatched, pa.int64())), files, "no_sequence")
     rejects += _reject_rows(good.take(pa.array(mismatch, pa.int64())), files, "residue_mismatch")
+    rejects += _reject_rows(good.take(pa.array(taken, pa.int64())), files, "duplicate_sequence")
     has = at >= 0
     # take() with nulls where a row has no PSSM.
     idx = pa.array(np.where(has, at, 0), mask=~has)
@@ -153,7 +163,7 @@ def _join(good: pa.Table, rejects: list[dict], files: list[str], seqdir, out) ->
         out, kind="pssm", rows=table.num_rows, residues=int(pc.sum(table["length"]).as_py() or 0),
         sources=[str(seqdir)] + files, rejected=Counter(r["reason"] for r in rejects),
         input_records=table.num_rows + len(rejects), pssm_files=len(files), with_pssm=int(has.sum()),
-        without_pssm=int((~has).sum()), column_order="ARNDCQEGHILKMFPSTWYV")
-    if len(files) != manifest["with_pssm"] + len(rejects):
+        without_pssm=int((~has).sum()), join_on=join_on, column_order="ARNDCQEGHILKMFPSTWYV")
+    if len(files) != len(set(at[has].tolist())) + len(rejects):
         raise AssertionError(f"{out}: PSSM accounting broken")
     return manifest

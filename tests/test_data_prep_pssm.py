@@ -128,3 +128,23 @@ def test_missing_psiblast_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DataPrepError, match=r"^psiblast: not found on PATH; install NCBI BLAST\+"):
         generate_pssms("x.fasta", "y.fasta", tmp_path / "o")
+
+
+def test_join_on_sequence_matches_real_pssms_to_renamed_corpus_rows(tmp_path, ray_session):
+    """The shared corpus names the PSSM proteins `pssmcool|n`: only their residues match."""
+    files = sorted((SAMPLE / "pssm").glob("*.pssm.gz"))[:5]
+    convert_fasta([str(SAMPLE / "corpus.fasta")], tmp_path / "seqs")
+    corpus = shards.read_table(tmp_path / "seqs")
+    seq_of = dict(zip(corpus["id"].to_pylist(), corpus["sequence"].to_pylist()))
+    renamed = tmp_path / "renamed.fasta"
+    renamed.write_text("".join(f">other|{i}\n{seq_of[f.name.split('.')[0]]}\n" for i, f in enumerate(files)))
+    convert_fasta([str(renamed)], tmp_path / "renamed")
+    by_id = convert_pssm([str(f) for f in files], tmp_path / "by_id", sequences=tmp_path / "renamed")
+    assert by_id["with_pssm"] == 0 and by_id["rejected"] == {"no_sequence": 5}
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    (dup / "copy.pssm.gz").write_bytes(files[0].read_bytes())
+    m = convert_pssm([str(f) for f in files] + [str(dup / "copy.pssm.gz")], tmp_path / "by_seq",
+                     sequences=tmp_path / "renamed", join_on="sequence")
+    assert m["with_pssm"] == 5 and m["rows"] == 5 and m["rejected"] == {"duplicate_sequence": 1}
+    assert m["join_on"] == "sequence"
