@@ -10,12 +10,14 @@ A checkpoint directory `<storage_path>/<name>/checkpoint_<step>/` holds
 so an export is a copy of the last three files: it never needs ZeRO shards or the world size.
 Under Ray, checkpoints go through `ray.train.report(checkpoint=...)`; in a plain process the
 engine writes the same layout itself. Either way `latest_checkpoint(run_dir)` finds the newest.
+`export` also reads runs in object storage (`s3://bucket/runs/name?endpoint_override=...`, any
+URI `pyarrow.fs.FileSystem.from_uri` takes; credentials come from the environment, as for Ray).
 """
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -108,8 +110,25 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def join_path(base: str | Path, *parts: str) -> str:
+    """`base/part/...` for a local path or a URI; a URI's query stays at its end
+    (`s3://b/runs?endpoint_override=...` + `name` -> `s3://b/runs/name?endpoint_override=...`)."""
+    if not is_uri(base):
+        return str(Path(base, *parts))
+    root, sep, query = str(base).partition("?")
+    return root.rstrip("/") + "".join("/" + p.strip("/") for p in parts) + sep + query
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory whose latest checkpoint is meant."""
+    """A checkpoint directory, or a run directory whose latest checkpoint is meant (local paths;
+    `export` reads object storage)."""
+    if is_uri(path):
+        raise CheckpointError(f"{path}: a URI; export the run first (python -m pretrain export --run URI --out DIR) "
+                              f"and use the export directory")
     path = Path(path)
     if (path / STATE_FILE).is_file():
         return path
@@ -120,17 +139,67 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def export(run_or_checkpoint: str | Path, out: str | Path) -> Path:
-    """Copy consolidated weights, config.json and the task's files of the latest checkpoint to `out`."""
-    src = resolve_checkpoint(run_or_checkpoint)
+    """Copy consolidated weights, config.json and the task's files of the latest checkpoint to `out`.
+    `run_or_checkpoint` is a local directory or an object-store URI of a run or one checkpoint."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and f.name != STATE_FILE:
-            shutil.copy2(f, out / f.name)
+    if is_uri(run_or_checkpoint):
+        src = _export_remote(str(run_or_checkpoint), out)
+    else:
+        src = resolve_checkpoint(run_or_checkpoint)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if f.is_file() and f.name != STATE_FILE:
+                shutil.copy2(f, out / f.name)
     for name in EXPORT_FILES:
         if not (out / name).is_file():
             raise CheckpointError(f"{src}: checkpoint lacks {name}")
     return out
+
+
+def _export_remote(uri: str, out: Path) -> str:
+    """`export` from object storage: find the newest checkpoint through pyarrow.fs and download
+    its top-level files (not DeepSpeed's `ds/`). Returns the checkpoint's URI."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise CheckpointError(f"{uri}: cannot open ({err})") from None
+    path = path.rstrip("/")
+    try:
+        ckpt = path if _is_file(fs, f"{path}/{STATE_FILE}") else _latest_remote(fs, path)
+        if ckpt is None:
+            raise CheckpointError(f"{uri}: no checkpoint found (expected checkpoint_*/{STATE_FILE} under it)")
+        src = uri if ckpt == path else join_path(uri, PurePosixPath(ckpt).name)
+        out.mkdir(parents=True, exist_ok=True)
+        for info in fs.get_file_info(pafs.FileSelector(ckpt)):
+            if info.type == pafs.FileType.File and info.base_name != STATE_FILE:
+                with fs.open_input_stream(info.path) as fin, open(out / info.base_name, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+    except OSError as err:  # network, permissions, missing bucket: one line naming the URI
+        raise CheckpointError(f"{uri}: {err}") from None
+    return src
+
+
+def _is_file(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _latest_remote(fs, run_path: str) -> str | None:
+    """Newest complete checkpoint (by the step in its train state) under a run on `fs`, or None."""
+    import pyarrow.fs as pafs
+
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        state, model = f"{info.path}/{STATE_FILE}", f"{info.path}/model.safetensors"
+        if _is_file(fs, state) and _is_file(fs, model):
+            with fs.open_input_stream(state) as fh:
+                found.append((json.loads(fh.read())["step"], info.path))
+    return max(found)[1] if found else None
 
 
 def load_export(directory: str | Path, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:

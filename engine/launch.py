@@ -13,6 +13,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+from .checkpoint import is_uri, join_path
 from .config import ExperimentConfig
 from .errors import UserError
 from .ray_env import ensure_ray
@@ -58,8 +59,10 @@ def launch(task_cls, cfg: ExperimentConfig, *, faults=None) -> dict:
     if result.error is not None:
         _raise_root(result.error, f"run {storage}/{r.name} failed")
     out = dict(result.metrics or {})
-    out["checkpoint"] = result.checkpoint.path if result.checkpoint else None
-    out["run_dir"] = str(Path(storage) / r.name)
+    run_dir = join_path(storage, r.name)  # a URI keeps its query (endpoint_override=...) at the end
+    ckpt = result.checkpoint
+    out["checkpoint"] = (join_path(run_dir, Path(ckpt.path).name) if is_uri(storage) else ckpt.path) if ckpt else None
+    out["run_dir"] = run_dir
     return out
 
 
