@@ -28,8 +28,9 @@ ROWS_PER_SHARD = 50_000
 DEEPLOC_SCHEMA = pa.schema([
     ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("tokens", pa.binary()),
     ("location", pa.string()), ("location_id", pa.int8()), ("membrane", pa.string()),
-    ("membrane_id", pa.int8()), ("split", pa.string()),
+    ("membrane_id", pa.int8()), ("split", pa.string()), ("description", pa.string()),
 ])
+SPLIT_TAGS = ("train", "valid", "test")  # a set tag that is one of these is the split itself
 # Per-residue columns are binary (docs/contracts.md): tokens uint8, labels int8 (-1 = unknown).
 SS_SCHEMA = pa.schema([
     ("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("tokens", pa.binary()),
@@ -81,29 +82,50 @@ def _write(out, table: pa.Table, rejects: list[dict], *, kind: str, sources: lis
 
 # ---------------------------------------------------------------- DeepLoc
 
+def deeploc_header(description: str) -> dict | None:
+    """The labels of a DeepLoc-style header after the id, `Location-M|S|U [settag] [more tokens...]`;
+    None when the location or membrane label itself is malformed.
+
+    The word after the label is the set tag. `train`, `valid` and `test` are the split; any other
+    tag names an evaluation set of its own (published files tag e.g. a new test set so), which is
+    kept evaluation-only: split "test", the tag first in `description`. Further words go to
+    `description` verbatim; no tag at all means a training protein."""
+    words = description.split()
+    label = words[0] if words else ""
+    location, _, membrane = label.rpartition("-")
+    if not location or membrane not in MEMBRANE:
+        return None
+    tag, rest = (words[1], words[2:]) if len(words) > 1 else ("train", [])
+    if tag not in SPLIT_TAGS:
+        tag, rest = "test", words[1:]
+    return {"location": location, "location_id": LOCATIONS.index(location) if location in LOCATIONS else -1,
+            "membrane": membrane, "membrane_id": MEMBRANE[membrane], "split": tag,
+            "description": " ".join(rest) or None}
+
+
 def labels_deeploc(inputs: list[str], out: str | Path) -> dict:
-    """DeepLoc FASTA (`>ACC Location-M|S|U [test]`) -> kind "deeploc" shards."""
-    tables, rejects, unknown = [], [], Counter()
+    """DeepLoc FASTA (`>ACC Location-M|S|U [settag] [more...]`, see deeploc_header) -> kind "deeploc"."""
+    tables, rejects, unknown, tags = [], [], Counter(), Counter()
     for path in inputs:
         block, rej = _sequences(path)
         rejects += rej
         t = block.table
-        rows = {k: [] for k in ("location", "location_id", "membrane", "membrane_id", "split")}
+        rows = {k: [] for k in ("location", "location_id", "membrane", "membrane_id", "split", "description")}
         keep = []
         for i, desc in enumerate(t["description"].to_pylist()):
-            words = desc.split()
-            label = words[0] if words else ""
-            loc, _, mem = label.rpartition("-")
-            if not loc or mem not in MEMBRANE or any(w != "test" for w in words[1:]):
+            labels = deeploc_header(desc or "")
+            if labels is None:
                 rejects.append({"source": str(path), "record_index": int(block.record_index[i]),
                                 "id": t["id"][i].as_py(), "line": int(block.line[i]) + 1, "reason": "bad_label"})
                 continue
-            loc_id = LOCATIONS.index(loc) if loc in LOCATIONS else -1
-            if loc_id < 0:
-                unknown[loc] += 1
+            if labels["location_id"] < 0:
+                unknown[labels["location"]] += 1
+            words = desc.split()
+            if len(words) > 1:
+                tags[words[1]] += 1
             keep.append(i)
-            for k, v in zip(rows, (loc, loc_id, mem, MEMBRANE[mem], "test" if "test" in words[1:] else "train")):
-                rows[k].append(v)
+            for k in rows:
+                rows[k].append(labels[k])
         t = t.take(pa.array(keep, pa.int64())).drop_columns(["description"])
         for name, values in rows.items():
             t = t.append_column(name, pa.array(values, DEEPLOC_SCHEMA.field(name).type))
@@ -111,7 +133,7 @@ def labels_deeploc(inputs: list[str], out: str | Path) -> dict:
     table = pa.concat_tables(tables) if tables else DEEPLOC_SCHEMA.empty_table()
     return _write(out, table, rejects, kind="deeploc", sources=[str(p) for p in inputs],
                   unknown_locations=dict(unknown), locations=list(LOCATIONS),
-                  splits=dict(Counter(table["split"].to_pylist())))
+                  splits=dict(Counter(table["split"].to_pylist())), set_tags=dict(tags))
 
 
 # ---------------------------------------------------------------- secondary structure

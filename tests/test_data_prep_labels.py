@@ -22,6 +22,7 @@ def test_deeploc_files(shared_data, tmp_path):
     assert val["rows"] == 1678 and test["rows"] == 2768 and val["rejected"] == {} == test["rejected"]
     assert val["unknown_locations"] == {"Cytoplasm-Nucleus": 23} and test["unknown_locations"] == {}
     assert val["splits"] == {"train": 1678} and test["splits"] == {"test": 2768}
+    assert val["set_tags"] == {} and test["set_tags"] == {"test": 2768}
     t = shards.read_table(tmp_path / "val")
     rows = t.to_pylist()
     first = rows[0]
@@ -37,11 +38,41 @@ def test_deeploc_files(shared_data, tmp_path):
 
 def test_deeploc_bad_labels_are_rejects(tmp_path):
     f = tmp_path / "dl.fasta"
-    f.write_text(">A1 Nucleus-S\nMKV\n>A2 Nucleus\nMKV\n>A3 Nucleus-Q\nMKV\n>A4 Nucleus-M extra\nMKV\n>A5 Weird-U test\nMKV\n")
+    f.write_text(">A1 Nucleus-S\nMKV\n>A2 Nucleus\nMKV\n>A3 Nucleus-Q\nMKV\n>A4 Nucleus-M extra\nMKV\n>A5 Weird-U test\nMKV\n"
+                 ">A6 -S test\nMKV\n")
     m = labels_deeploc([str(f)], tmp_path / "o")
-    assert m["rows"] == 2 and m["rejected"] == {"bad_label": 3} and m["unknown_locations"] == {"Weird": 1}
+    # bad_label = the location or membrane label itself is malformed; an extra word is not
+    assert m["rows"] == 3 and m["rejected"] == {"bad_label": 3} and m["unknown_locations"] == {"Weird": 1}
     rej = pq.read_table(tmp_path / "o" / "rejects").to_pylist()
-    assert [(r["id"], r["line"]) for r in rej] == [("A2", 3), ("A3", 5), ("A4", 7)]
+    assert [(r["id"], r["line"]) for r in rej] == [("A2", 3), ("A3", 5), ("A6", 11)]
+
+
+def test_deeploc_published_headers_with_other_set_tags_and_extra_tokens(shared_data, tmp_path):
+    """Real records of the DeepLoc test file re-tagged as a published file of a new test set would be:
+    `>ACC Location-M|S|U <settag> [more tokens]`, with every membrane label U (unknown)."""
+    records = (shared_data / "deeploc" / "deeploc_test_set.fasta").read_text().split(">")[1:]
+    headers, published = [], []
+    for k, record in enumerate(records[::250]):  # 12 real proteins across the (class-sorted) file
+        head, seq = record.split("\n", 1)
+        acc, label, _ = head.split()
+        location = label.rpartition("-")[0]
+        tail = ["new_hard_set PIDE<20% UniProt:2021_03", "test HPA-verified", "valid", "train"][k % 4]
+        headers.append((acc, location, tail))
+        published.append(f">{acc} {location}-U {tail}\n{seq}")
+    f = tmp_path / "published.fasta"
+    f.write_text("".join(published))
+    m = labels_deeploc([str(f)], tmp_path / "o")
+    assert m["rows"] == 12 and m["rejected"] == {} and m["input_records"] == 12
+    assert m["splits"] == {"test": 6, "valid": 3, "train": 3}
+    assert m["set_tags"] == {"new_hard_set": 3, "test": 3, "valid": 3, "train": 3}
+    rows = shards.read_table(tmp_path / "o").to_pylist()
+    assert [(r["id"], r["location"]) for r in rows] == [(acc, loc) for acc, loc, _ in headers]
+    assert all(r["membrane"] == "U" and r["membrane_id"] == -1 and r["location_id"] >= 0 for r in rows)
+    assert [(r["split"], r["description"]) for r in rows[:4]] == [
+        ("test", "new_hard_set PIDE<20% UniProt:2021_03"), ("test", "HPA-verified"), ("valid", None), ("train", None)]
+    # the sequences are the file's, unchanged
+    original = {h.split()[0]: "".join(s.split()) for h, s in (r.split("\n", 1) for r in records)}
+    assert all(r["sequence"] == original[r["id"]] for r in rows)
 
 
 def test_flip(shared_data, tmp_path):
