@@ -59,7 +59,13 @@ def evaluate_checkpoint(path: str | Path, eval_cfg: EvalConfig | None = None, ou
         raise ConfigError("eval.ss_test / eval.deeploc_test: both empty, nothing to evaluate")
     start = time.perf_counter()
     results = evaluate(model, sets, device, eval_cfg.residues_per_batch, eval_cfg.protein_max_length)
-    extra = {"checkpoint": str(ckpt), "step": config.get("train", {}).get("step"),
+    from .task import trained_ss8
+    sources = config.get("train", {}).get("config", {}).get("mixture", {}).get("sources", [])
+    untrained = [] if not sources or trained_ss8([s["path"] for s in sources]) else ["ss8"]
+    for r in results.values():
+        for key in ("q8", "n_ss8") if untrained else ():
+            r.pop(key, None)
+    extra = {"checkpoint": str(ckpt), "step": config.get("train", {}).get("step"), "untrained_heads": untrained,
              "protein_max_length": eval_cfg.protein_max_length,
              "seconds": round(time.perf_counter() - start, 1)}
     json_path, md_path = write_report(results, out_dir or (ckpt if path == ckpt else path), extra)

@@ -81,7 +81,7 @@ def markdown_table(results: dict[str, dict]) -> str:
     head = "| set | proteins | " + " | ".join(t for _, t in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, r in results.items():
-        cells = [f"{r[k]:.3f}" if k in r else "" for k, _ in COLUMNS]
+        cells = [f"{r[k]:.3f}" if k in r else "–" for k, _ in COLUMNS]
         lines.append(f"| {name} | {r['proteins']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

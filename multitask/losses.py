@@ -23,7 +23,7 @@ class TaskWeights:
     mlm: float = 1.0  # masked language model
     ss3: float = 1.0  # 3-state secondary structure (per residue)
     ss8: float = 1.0  # 8-state secondary structure (per residue; labels only where the data has them)
-    disorder: float = 0.5  # disordered / unresolved residue (per residue, binary)
+    disorder: float = 0.5  # disordered / unresolved residue (per residue, binary, classes balanced per batch)
     location: float = 1.0  # 10-class subcellular localization (per protein)
     membrane: float = 0.5  # membrane-bound vs soluble (per protein, binary; U excluded)
     go: float = 0.0  # GO multi-label (per protein; needs model.go_terms > 0)
@@ -45,13 +45,27 @@ def _bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torc
     return (per * keep).sum(), keep.sum()
 
 
+def _balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE with both classes weighted equally within the batch. Disordered residues are a few
+    percent of the labelled ones: unweighted, the head learns to predict "ordered" everywhere
+    (disorder MCC 0). Returned as (sum, count) like the others: the mean times the count."""
+    keep = labels >= 0
+    target = labels.clamp(min=0).to(torch.float32)
+    per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    pos, neg = keep & (target > 0), keep & (target == 0)
+    means = [(per * m).sum() / m.sum() for m in (pos, neg) if m.any()]
+    n = keep.sum()
+    mean = torch.stack(means).mean() if means else per.sum() * 0
+    return mean * n, n
+
+
 def task_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{task: (mean loss over labelled items, number of labelled items)} for tasks in the batch."""
     parts = {
         "mlm": _ce(out["mlm"], batch["mlm_targets"], IGNORE),
         "ss3": _ce(out["ss3"], batch["ss3"], -1),
         "ss8": _ce(out["ss8"], batch["ss8"], -1),
-        "disorder": _bce(out["disorder"], batch["disorder"]),
+        "disorder": _balanced_bce(out["disorder"], batch["disorder"]),
         "location": _ce(out["location"], batch["location"], -1),
         "membrane": _bce(out["membrane"], batch["membrane"]),
     }

@@ -69,6 +69,19 @@ def training_source(path: str, weight: float, splits: list[str]) -> Source:
     return Source(path, columns, weight, rows, shuffle_rows=columns != ["tokens"])
 
 
+def has_labels(path: str, column: str) -> bool:
+    """Whether any row of a shard directory has a value in `column` (FLIP shards have an ss8
+    column that is null throughout: an 8-state head trained on them learns nothing)."""
+    if column not in shard_columns(path):
+        return False
+    return any(v is not None for v in read_column(path, column))
+
+
+def trained_ss8(source_paths: list[str]) -> bool:
+    """Whether a training mixture has 8-state labels; without them Q8 is not reported."""
+    return any(has_labels(p, "ss8") for p in source_paths)
+
+
 def evaluation_sources(ss_test: str, deeploc_test: str, limit: int = 0) -> list[tuple[str, Source]]:
     """(kind, source) per evaluation set: "ss" per `dataset` of the ss test shard, "deeploc" for
     DeepLoc's test rows; `limit` keeps that many evenly spaced proteins of each (files are often
@@ -120,6 +133,7 @@ class MultitaskTask(Task):
     def __init__(self, cfg: MultitaskConfig):
         super().__init__(cfg)
         self._eval: list[tuple[str, Source]] | None = None
+        self._metrics: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ data
     def train_data(self) -> Mixture:
@@ -134,6 +148,13 @@ class MultitaskTask(Task):
 
     def eval_data(self) -> list[Source]:
         return [source for _, source in self.eval_sets()]
+
+    def ss_metrics(self) -> dict[str, str]:
+        """Per-residue metrics to report: Q8 only when the mixture has 8-state labels."""
+        if self._metrics is None:
+            trained = trained_ss8([s.path for s in self.cfg.mixture.sources])
+            self._metrics = {k: v for k, v in SS_METRICS.items() if trained or k != "ss8"}
+        return self._metrics
 
     def _examples(self, rows, starts, lengths, rng):
         crop = self.cfg.mixture.protein_crop
@@ -182,7 +203,7 @@ class MultitaskTask(Task):
                 "membrane": (out["membrane"] > 0).long(), "disorder": (out["disorder"] > 0).long()}
         for i, (kind, source) in enumerate(self.eval_sets()):
             in_set = batch["eval_set"] == i
-            for task, name in (SS_METRICS if kind == "ss" else PROTEIN_METRICS).items():
+            for task, name in (self.ss_metrics() if kind == "ss" else PROTEIN_METRICS).items():
                 y = batch[task]
                 keep = (y >= 0) & (in_set[:, None] if y.dim() == 2 else in_set)
                 if y.dim() == 2:

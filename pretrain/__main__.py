@@ -1,4 +1,4 @@
-"""CLI: python -m pretrain train|export ...  (user errors exit 2 with one line)."""
+"""CLI: python -m pretrain train|export|eval ...  (user errors exit 2 with one line)."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="export consolidated weights + config.json + tokenizer.json")
     e.add_argument("--run", required=True, help="run directory (<storage_path>/<name>) or one checkpoint directory")
     e.add_argument("--out", required=True, help="export directory")
+    e.add_argument("--layers", help="embedding layers to record in config.json, e.g. 0,1,2 (0 = input, 1-2 = LSTMs)")
+    e.add_argument("--combine", choices=["sum", "concat"], help="how the embedding layers combine")
+    v = sub.add_parser("eval", help="held-out next-residue cross-entropy of an export vs the unigram baseline")
+    v.add_argument("--model", required=True, help="export directory (python -m pretrain export)")
+    v.add_argument("--data", required=True, help="held-out shard directory (e.g. a test set's shards)")
+    v.add_argument("--train", required=True, help="training shard directory: the unigram frequencies")
+    v.add_argument("--out", help="write the result as JSON here too")
     args = parser.parse_args(argv)
-    return run_cli(lambda: _train(args) if args.command == "train" else _export(args))
+    commands = {"train": _train, "export": _export, "eval": _eval}
+    return run_cli(lambda: commands[args.command](args))
 
 
 def _train(args) -> int:
@@ -50,10 +58,40 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
+    import json
+
     from engine.checkpoint import export
 
+    from .embed import load_embedder
+
+    chosen = {}  # config.json "embedding" settings given on the command line
+    if args.layers:
+        try:
+            chosen["layers"] = [int(i) for i in args.layers.split(",")]
+        except ValueError:
+            chosen["layers"] = []
+        if not chosen["layers"] or not set(chosen["layers"]) <= {0, 1, 2}:
+            raise ConfigError(f"--layers: {args.layers!r}: give some of 0, 1, 2 separated by commas")
+    if args.combine:
+        chosen["combine"] = args.combine
     out = export(args.run, args.out)
+    if chosen:
+        path = out / "config.json"
+        config = json.loads(path.read_text())
+        config["embedding"] = {**config.get("embedding", {}), **chosen}
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        load_embedder(out)  # a sum of layers of unequal widths is refused here, naming the key
     print(f"exported {out} (model.safetensors, config.json, tokenizer.json)")
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import heldout_cross_entropy, write
+
+    for flag, path in (("--data", args.data), ("--train", args.train)):
+        if not (Path(path) / "manifest.json").is_file():
+            raise DataError(f"{path}: not a shard directory (no manifest.json) ({flag})")
+    write(heldout_cross_entropy(args.model, args.data, args.train), args.out)
     return 0
 
 

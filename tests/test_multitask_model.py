@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.vocab import MASK_ID, PAD_ID, STANDARD_IDS
+from data_prep.vocab import MASK_ID, PAD_ID, STANDARD_IDS, VOCAB_SIZE
 from multitask.data import collate, get_example, load_proteins
 from multitask.losses import TaskWeights, task_losses, total_loss
 from multitask.masking import IGNORE, MaskingConfig, mask_tokens
@@ -177,3 +177,26 @@ def test_optional_go_head_masks_proteins_without_terms(mixed_batch, shards):
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out["go"][:2], batch["go"][:2])
     torch.testing.assert_close(parts["go"][0], expected)
     assert "go" not in MultitaskEncoder(SMALL)(batch["tokens"], batch["lengths"])
+
+
+def test_disorder_loss_weights_both_classes_equally(mixed_batch):
+    """Predicting "ordered" everywhere must not pay off: on real FLIP labels (a few percent
+    disordered) that constant costs as much as the constant "disordered"."""
+    labels = mixed_batch["disorder"]
+    keep = labels >= 0
+    pos = int((labels == 1).sum())
+    assert 0 < pos < 0.2 * int(keep.sum())  # real data: disorder is the rare class
+    constant = {}
+    for name, logit in (("ordered", -4.0), ("disordered", 4.0)):
+        out = {"disorder": torch.full(labels.shape, logit)}
+        loss, n = task_losses({**_zero_heads(mixed_batch), **out},
+                              {**mixed_batch, "mlm_targets": torch.full_like(mixed_batch["tokens"], IGNORE)})["disorder"]
+        assert int(n) == int(keep.sum())
+        constant[name] = float(loss)
+    assert constant["ordered"] == pytest.approx(constant["disordered"], rel=1e-5)
+
+
+def _zero_heads(batch):
+    B, L = batch["tokens"].shape
+    return {"mlm": torch.zeros(B, L, VOCAB_SIZE), "ss3": torch.zeros(B, L, 3), "ss8": torch.zeros(B, L, 8),
+            "location": torch.zeros(B, 10), "membrane": torch.zeros(B)}

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Proof run (issue 11): do the models learn representations better than one-hot?
+#   bash scripts/proof.sh [STAGE...]   stages: data pretrain multitask choose embed evaluate ablation report
+# Trains the CE+KL biLSTM, a CE-only biLSTM and the multitask encoder with the cpu_proof configs
+# on the full shared corpus, evaluates frozen embeddings (one-hot, biLSTM, multitask) on the
+# DeepLoc and secondary-structure test sets, and writes docs/results.md + docs/results.json.
+# About 2 hours on a 2-core machine; not part of CI (tests/test_proof.py runs it with PROOF_TINY=1).
+# Each stage skips what it has already finished, so an interrupted run continues where it stopped;
+# PROOF_FRESH=1 starts over.
+#
+# Environment: SHARED (../shared), PROOF_OUT (runs/proof), RESULTS (docs/results), PY,
+# SEEDS (3), PROOF_TINY=1 (bundled sample/, a few steps, 1 seed: the end-to-end test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"; SHARED="${SHARED:-../shared}"
+OUT="${PROOF_OUT:-runs/proof}"; RESULTS="${RESULTS:-docs/results}"; TINY="${PROOF_TINY:-0}"
+export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$OUT}" WANDB_SILENT="${WANDB_SILENT:-true}"
+D="$OUT/data"; W="$D/work"; M="$OUT/models"; E="$OUT/embeddings"; F="$OUT/finetune"
+if [ "$TINY" = 1 ]; then
+  SRC=sample; SEEDS="${SEEDS:-1}"
+  CORPUS="$SRC/corpus.fasta"; PSSMS="$SRC/pssm"; JOIN=id
+  DEEPLOC="$SRC/deeploc"; FLIP="$SRC/flip"; NETSURFP=("$SRC"/netsurfp/*.csv)
+  # a handful of steps per model, small embedding jobs: the pipeline, not the science
+  PRETRAIN_SET=(train.max_steps=6 train.checkpoint_every=6 train.log_every=2 train.eval_every=3)
+  MULTITASK_SET=(train.max_steps=6 train.checkpoint_every=6 train.log_every=2 train.eval_every=6
+                 mixture.proteins_per_epoch=300 eval.limit=30)
+  FINETUNE_SET=(--set train.max_epochs=2)
+else
+  SRC="$SHARED/data"; SEEDS="${SEEDS:-3}"
+  CORPUS="$SRC/corpus/corpus_dedup.fasta"; PSSMS="$SRC/pssm"; JOIN=sequence
+  DEEPLOC="$SRC/deeploc"; FLIP="$SRC/secondary_structure/flip"; NETSURFP=("$SRC"/secondary_structure/netsurfp/*.csv)
+  PRETRAIN_SET=(); MULTITASK_SET=(); FINETUNE_SET=()
+fi
+[ "${PROOF_FRESH:-0}" = 1 ] && rm -rf "$OUT"
+mkdir -p "$OUT"
+say() { echo "[proof $(date +%H:%M:%S)] $*"; }
+done_in() { [ -f "$1" ]; }   # a stage's last output exists: skip it
+dp() { "$PY" -m data_prep "$@"; }
+json_get() {  # FILE PYTHON-EXPRESSION-OF-d: one value of a JSON file
+  "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
+stage_data() {
+  done_in "$D/corpus/manifest.json" && { say "data: done"; return; }
+  mkdir -p "$W"
+  dp labels deeploc "$DEEPLOC/deeploc_our_val_set.fasta" --out "$D/deeploc_train"
+  dp labels deeploc "$DEEPLOC/deeploc_test_set.fasta" --out "$D/deeploc_test"
+  dp labels flip "$FLIP" --splits train,valid --out "$D/ss_train"
+  dp labels flip "$FLIP" --splits test --out "$W/flip_test"
+  dp labels netsurfp "${NETSURFP[@]}" --out "$W/netsurfp"
+  dp merge "$W/flip_test" "$W/netsurfp" --out "$D/ss_test"
+  dp --num-cpus 2 fasta "$CORPUS" --dedupe --out "$W/corpus_sequences"
+  # The shared PSSM files are named by accession, the corpus rows by source: join on residues.
+  dp --num-cpus 2 pssm "$PSSMS" --sequences "$W/corpus_sequences" --join-on "$JOIN" --out "$W/corpus_pssm"
+  # Corpus proteins homologous to any test protein are removed (MMseqs2, 30% identity, 80% cover).
+  dp split --train "$W/corpus_pssm" --eval "$D/deeploc_test" "$D/ss_test" --out "$D/corpus" --threads 2
+  say "data: $(cat "$D/corpus/manifest.json" | tr -d '\n' | head -c 300)"
+}
+
+
+# One pretraining run: train (a run directory that exists is resumed), then export.
+pretrain_run() {  # NAME [--set overrides...]
+  local name=$1; shift
+  done_in "$M/$name/config.json" && { say "pretrain $name: done"; return; }
+  "$PY" -m pretrain train --config pretrain/configs/cpu_proof.yaml --data "$D/corpus" \
+    --set "ray.storage_path=$OUT/ray" "ray.name=$name" "$@" ${PRETRAIN_SET[@]+"${PRETRAIN_SET[@]}"}
+  "$PY" -m pretrain export --run "$OUT/ray/$name" --out "$M/$name"
+}
+
+stage_pretrain() { pretrain_run bilstm; }
+
+stage_multitask() {
+  done_in "$M/multitask/config.json" && { say "multitask: done"; return; }
+  # train, then the final whole-protein evaluation of its own heads (eval.json in the run dir)
+  "$PY" -m multitask train --config multitask/configs/cpu_proof.yaml --set \
+    "mixture.sources=[{path: $D/corpus, weight: 0.35}, {path: $D/ss_train, weight: 0.5}, {path: $D/deeploc_train, weight: 0.15}]" \
+    "eval.ss_test=$D/ss_test" "eval.deeploc_test=$D/deeploc_test" "ray.storage_path=$OUT/ray" ray.name=multitask \
+    ${MULTITASK_SET[@]+"${MULTITASK_SET[@]}"} --export "$M/multitask"
+}
+
+ft() { "$PY" -m finetune "$@"; }
+embed() {  # MODEL NAME SHARD...
+  local model=$1 name=$2; shift 2
+  for shard in "$@"; do
+    done_in "$E/$name/$shard/manifest.json" && continue
+    ft embed --model "$model" --data "$D/$shard" --out "$E/$name/$shard" --config finetune/configs/demo.yaml
+  done
+}
+ss_cnn() {  # NAME OUTDIR SEEDS [--set ...]: the SeqVec CNN on frozen per-residue embeddings
+  local name=$1 dir=$2 seeds=$3; shift 3
+  done_in "$dir/results.json" && return
+  ft ss --config finetune/configs/cnn.yaml --name "$name" --group proof --seeds "$seeds" \
+    --train "$E/$name/ss_train" --test "$E/$name/ss_test" --out "$dir" "$@" ${FINETUNE_SET[@]+"${FINETUNE_SET[@]}"} \
+    > "$dir.log"
+}
+
+# How the biLSTM's layers combine is chosen on validation data, never on a test set: one CNN seed
+# per variant on FLIP train, the lowest validation loss (FLIP's validation split) wins.
+BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
+stage_choose() {
+  done_in "$F/bilstm_choice.json" && { say "choose: $(cat "$F/bilstm_choice.json")"; return; }
+  mkdir -p "$F/choose"
+  for v in "${BILSTM_VARIANTS[@]}"; do
+    read -r combine layers <<< "$v"; local name="bilstm_${combine}_${layers//,/}"
+    done_in "$M/$name/config.json" || \
+      "$PY" -m pretrain export --run "$OUT/ray/bilstm" --out "$M/$name" --layers "$layers" --combine "$combine"
+    embed "$M/$name" "$name" ss_train
+    embed "$M/$name" "$name" ss_test
+    ss_cnn "$name" "$F/choose/$name" 0 --set train.max_epochs="${CHOOSE_EPOCHS:-4}"
+  done
+  "$PY" - "$F/choose" "$F/bilstm_choice.json" <<'PYEOF'
+import json, sys
+from pathlib import Path
+runs = {}
+for f in sorted(Path(sys.argv[1]).glob("*/results.json")):
+    rows = json.loads(f.read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    runs[f.parent.name] = min(r["best_val_loss"] for r in rows if r.get("best_val_loss") is not None)
+best = min(runs, key=runs.get)
+Path(sys.argv[2]).write_text(json.dumps({"chosen": best, "validation_loss": runs}, indent=2) + "\n")
+print(f"[proof] biLSTM layers: {best} (FLIP validation loss per variant: {runs})")
+PYEOF
+}
+
+stage_embed() {
+  local chosen; chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
+  ln -sfn "$chosen" "$M/bilstm_chosen"
+  for model in onehot "$M/$chosen" "$M/multitask"; do
+    local name; name=$(basename "$model")
+    embed "$model" "$name" deeploc_train deeploc_test ss_train ss_test
+  done
+}
+
+stage_evaluate() {
+  local chosen; chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
+  local seeds; seeds=$(seq -s, 0 $((SEEDS - 1)))
+  mkdir -p "$F/deeploc" "$F/ss"
+  for name in onehot "$chosen" multitask; do
+    done_in "$F/deeploc/$name/results.json" || \
+      ft deeploc --config finetune/configs/la.yaml --name "$name" --group proof --seeds "$seeds" \
+        --train "$E/$name/deeploc_train" --test "$E/$name/deeploc_test" --out "$F/deeploc/$name" \
+        ${FINETUNE_SET[@]+"${FINETUNE_SET[@]}"} > "$F/deeploc/$name.log"
+    ss_cnn "$name" "$F/ss/$name" "$seeds"
+    say "evaluate $name: $(grep -h '^\[finetune\].*Q' "$F/deeploc/$name.log" | tail -1)"
+  done
+  done_in "$F/lm_bilstm.json" || \
+    "$PY" -m pretrain eval --model "$M/bilstm" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_bilstm.json"
+}
+
+# PEvoLM's question, does the PSSM term help? The same model and steps with cross-entropy only,
+# evaluated like the CE+KL model and compared with it side by side (ops.compare).
+stage_ablation() {
+  pretrain_run bilstm_ce model.pssm_head=false loss.w_ce=1.0 loss.w_kl=0.0 "wandb.tags=[proof,bilstm,ce-only]"
+  done_in "$F/lm_bilstm_ce.json" || \
+    "$PY" -m pretrain eval --model "$M/bilstm_ce" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_bilstm_ce.json"
+  local chosen combine layers; chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
+  combine=$(json_get "$M/$chosen/config.json" 'd["embedding"]["combine"]')
+  layers=$(json_get "$M/$chosen/config.json" '",".join(map(str, d["embedding"]["layers"]))')
+  done_in "$M/bilstm_ce_chosen/config.json" || \
+    "$PY" -m pretrain export --run "$OUT/ray/bilstm_ce" --out "$M/bilstm_ce_chosen" --layers "$layers" --combine "$combine"
+  embed "$M/bilstm_ce_chosen" bilstm_ce_chosen ss_train ss_test
+  ss_cnn bilstm_ce_chosen "$F/ss/bilstm_ce_chosen" 0
+  "$PY" -m ops.compare "$OUT/ray/bilstm" "$OUT/ray/bilstm_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity,loss
+}
+
+stage_report() {
+  "$PY" scripts/proof_report.py --proof "$OUT" --out "$RESULTS" --seeds "$SEEDS" $([ "$TINY" = 1 ] && echo --tiny)
+}
+
+stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(data pretrain multitask choose embed evaluate ablation report)
+for s in "${stages[@]}"; do
+  say "stage $s"
+  "stage_$s"
+done
