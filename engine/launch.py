@@ -6,15 +6,34 @@ ScalingConfig(num_workers, use_gpu), RunConfig(storage_path, name, FailureConfig
 Starting the same (storage_path, name) again resumes from its latest checkpoint: Ray Train keeps
 a snapshot of reported checkpoints in the run folder and hands the newest to `get_checkpoint()`;
 a worker failure during the run restarts all workers from it (up to `max_failures` times).
+
+Local runs listen on loopback only. Ray 2.60's servers (GCS, raylet, core workers, agents) and
+torch.distributed's store bind every interface and have no bind-address setting, so when `launch`
+would start a local Ray itself (no RAY_ADDRESS, no Ray in this process) it trains in a child
+process inside a private network namespace that has nothing but `lo` (`unshare --net`; as a
+non-root user `unshare --user --map-root-user --net`). A run that needs the outside network (W&B
+online, object-store URIs) cannot live there: its child runs on the host network with Ray's token
+authentication, and says so; so does one on a machine where namespaces are refused, and
+PROTLM_PRIVATE_NETWORK=0 asks for the host network explicitly.
 """
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import pickle
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import is_uri, join_path
-from .config import ExperimentConfig
+from .config import ExperimentConfig, to_dict
 from .errors import UserError
 from .ray_env import ensure_ray
 
@@ -29,14 +48,35 @@ def _worker_entry(config: dict) -> None:
     train_worker(config["task_cls"], config["cfg"], under_ray=True, faults=config["faults"])
 
 
+PRIVATE_NETWORK = "PROTLM_PRIVATE_NETWORK"  # "0": host network; "child": set in the training child
+
+
 def launch(task_cls, cfg: ExperimentConfig, *, faults=None) -> dict:
     """Train under Ray Train; returns rank 0's last reported metrics plus the checkpoint path.
-    `faults` (engine.loop.Faults) are test hooks: an injected failure, an early stop."""
+    `faults` (engine.loop.Faults) are test hooks: an injected failure, an early stop.
+    A run that starts its own local Ray trains in a child process, in a private network namespace
+    when it can (module docstring)."""
+    import ray
+
+    cfg = with_absolute_paths(cfg)
+    if os.environ.get("RAY_ADDRESS") or ray.is_initialized() or os.environ.get(PRIVATE_NETWORK) == "child":
+        return _launch(task_cls, cfg, faults)
+    needs = network_needs(cfg)
+    host = os.environ.get(PRIVATE_NETWORK) == "0"
+    unshare = None if needs or host else unshare_command()
+    if unshare is None:
+        why = (f"it needs the network ({', '.join(needs)})" if needs else f"{PRIVATE_NETWORK}=0" if host else
+               "no private network namespace can be created here (unshare --net refused)")
+        print(f"[launch] local Ray on the host network because {why}: its ports bind every interface "
+              f"(Ray's own with token authentication; README, 'Local runs')", flush=True)
+    return _launch_in_child(unshare, task_cls, cfg, faults)
+
+
+def _launch(task_cls, cfg: ExperimentConfig, faults) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.base_trainer import TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    cfg = with_absolute_paths(cfg)
     r = cfg.ray
     # a local Ray also needs CPUs for the Ray Data tasks that read each worker's batches
     read = math.ceil(cfg.data.read_tasks * cfg.data.read_cpus)
@@ -64,6 +104,94 @@ def launch(task_cls, cfg: ExperimentConfig, *, faults=None) -> dict:
     out["checkpoint"] = (join_path(run_dir, Path(ckpt.path).name) if is_uri(storage) else ckpt.path) if ckpt else None
     out["run_dir"] = run_dir
     return out
+
+
+def network_needs(cfg: ExperimentConfig) -> list[str]:
+    """Why a run needs the outside network: W&B online, object-store URIs (config keys named,
+    never values: a URI may carry secrets)."""
+    from .tracking import wandb_mode
+
+    needs = ["W&B online"] if wandb_mode(cfg.wandb.mode) == "online" else []
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str) and "://" in node and not node.startswith("file://"):
+            needs.append(f"{key}={node.split('://', 1)[0]}://...")
+
+    walk(to_dict(cfg), "")
+    return needs
+
+
+def unshare_command() -> list[str] | None:
+    """The `unshare` prefix that gives a child a network namespace of its own, or None where the
+    system refuses (no util-linux, no user namespaces for non-root users)."""
+    exe = shutil.which("unshare")
+    if exe is None or not sys.platform.startswith("linux"):
+        return None
+    cmd = [exe, "--net"] if os.geteuid() == 0 else [exe, "--user", "--map-root-user", "--net"]
+    cmd.append("--")
+    probe = subprocess.run([*cmd, "true"], capture_output=True)
+    return cmd if probe.returncode == 0 else None
+
+
+def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig, faults) -> dict:
+    """`launch` in a child process: inside a new network namespace (only `lo`) with `unshare`, else
+    on the host network with Ray's token authentication (a fresh token in the child's environment
+    only: Ray reads it when it is imported, so it must be there before). The child's output is
+    ours; its result or user error comes back through a private temp dir."""
+    env = {**os.environ, PRIVATE_NETWORK: "child"}
+    if unshare:
+        print("[launch] local run in a private network namespace: Ray and torch.distributed listen on its "
+              "loopback only", flush=True)
+    elif not env.get("RAY_AUTH_MODE"):
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    with tempfile.TemporaryDirectory(prefix="protlm-launch-") as tmp:
+        Path(tmp, "job.pkl").write_bytes(pickle.dumps((task_cls, cfg, faults)))
+        entry = "import sys; from engine.launch import _child; _child(sys.argv[1], sys.argv[2] == 'netns')"
+        child = subprocess.Popen([*(unshare or []), sys.executable, "-c", entry, tmp, "netns" if unshare else "host"],
+                                 env=env)
+        try:
+            code = child.wait()
+        except BaseException:  # Ctrl-C reached the child too; give Ray time to shut down
+            try:
+                child.wait(timeout=60)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+            raise
+        result = Path(tmp, "result.pkl")
+        if result.is_file():
+            kind, value = pickle.loads(result.read_bytes())
+            if kind == "error":
+                raise value
+            return value
+    raise RuntimeError(f"training in a child process failed (exit {code}); its traceback is above")
+
+
+def _child(tmp: str, netns: bool) -> None:
+    """The training child: loopback up in a fresh namespace, then `launch` as usual."""
+    if netns:
+        _loopback_up()
+    task_cls, cfg, faults = pickle.loads(Path(tmp, "job.pkl").read_bytes())
+    try:
+        out = ("ok", launch(task_cls, cfg, faults=faults))
+    except UserError as err:
+        out = ("error", err)
+    Path(tmp, "result.pkl").write_bytes(pickle.dumps(out))
+
+
+def _loopback_up() -> None:
+    """`ip link set lo up` without iproute2: SIOCGIFFLAGS / SIOCSIFFLAGS on `lo`."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    ifreq = "16sh22x"  # struct ifreq: name, flags, rest of the union (40 bytes)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        name, flags = struct.unpack(ifreq, fcntl.ioctl(s, siocgifflags, struct.pack(ifreq, b"lo", 0)))
+        fcntl.ioctl(s, siocsifflags, struct.pack(ifreq, name, flags | iff_up))
 
 
 def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
