@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 SHARED ?= ../shared
 DEMO_OUT ?= runs/demo
 
-.PHONY: all setup sysdeps venv demo test bench clean
+.PHONY: all setup sysdeps venv demo test bench proof clean
 
 all: test
 
@@ -39,6 +39,10 @@ setup: sysdeps venv
 
 demo: setup
 	PY=$(PY) SHARED=$(SHARED) DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
+
+# The proof run (issue 11): about 2 hours on 2 CPU cores; writes docs/results.md and docs/results.json.
+proof: setup
+	PY=$(PY) SHARED=$(SHARED) bash scripts/proof.sh
 
 test: setup
 	$(PY) -m pytest -q tests

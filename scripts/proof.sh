@@ -18,18 +18,25 @@ export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$OUT}" WANDB_
 D="$OUT/data"; W="$D/work"; M="$OUT/models"; E="$OUT/embeddings"; F="$OUT/finetune"
 if [ "$TINY" = 1 ]; then
   SRC=sample; SEEDS="${SEEDS:-1}"
-  CORPUS="$SRC/corpus.fasta"; PSSMS="$SRC/pssm"; JOIN=id
-  DEEPLOC="$SRC/deeploc"; FLIP="$SRC/flip"; NETSURFP=("$SRC"/netsurfp/*.csv)
-  # a handful of steps per model, small embedding jobs: the pipeline, not the science
-  PRETRAIN_SET=(train.max_steps=6 train.checkpoint_every=6 train.log_every=2 train.eval_every=3)
-  MULTITASK_SET=(train.max_steps=6 train.checkpoint_every=6 train.log_every=2 train.eval_every=6
-                 mixture.proteins_per_epoch=300 eval.limit=30)
-  FINETUNE_SET=(--set train.max_epochs=2)
+  CORPUS="${PROOF_CORPUS:-$SRC/corpus.fasta}"; PSSMS="${PROOF_PSSMS:-$SRC/pssm}"; JOIN=id
+  DEEPLOC="${PROOF_DEEPLOC:-$SRC/deeploc}"; FLIP="${PROOF_FLIP:-$SRC/flip}"
+  NETSURFP=("${PROOF_NETSURFP:-$SRC/netsurfp}"/*.csv)
+  # a handful of steps per model, everything in-process (no Ray start per command): the pipeline,
+  # not the science
+  PRETRAIN_SET=(train.max_steps=4 train.checkpoint_every=4 train.log_every=2 --no-ray)
+  MULTITASK_SET=(train.max_steps=4 train.checkpoint_every=4 train.log_every=2 train.eval_every=4
+                 mixture.proteins_per_epoch=200 eval.limit=20 --no-ray)
+  FT_COMMON=(--epochs 2 --local --no-wandb); LA_SET=(); CNN_SET=(); LOCAL=(--local)
+  BILSTM_VARIANTS=("sum 0,1,2" "concat 0,1,2")
 else
   SRC="$SHARED/data"; SEEDS="${SEEDS:-3}"
   CORPUS="$SRC/corpus/corpus_dedup.fasta"; PSSMS="$SRC/pssm"; JOIN=sequence
   DEEPLOC="$SRC/deeploc"; FLIP="$SRC/secondary_structure/flip"; NETSURFP=("$SRC"/secondary_structure/netsurfp/*.csv)
-  PRETRAIN_SET=(); MULTITASK_SET=(); FINETUNE_SET=()
+  PRETRAIN_SET=(); MULTITASK_SET=(); LOCAL=()
+  # la.yaml / cnn.yaml with less patience: 3 seeds x 3 embeddings must fit in the 2-hour budget
+  # (LA's convolutions cost dim^2 per residue; one-hot LA's best epochs were 18-43 at patience 30).
+  FT_COMMON=(); LA_SET=(--set train.patience=15 train.max_epochs=150); CNN_SET=(--set train.patience=3 train.max_epochs=15)
+  BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
 fi
 [ "${PROOF_FRESH:-0}" = 1 ] && rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -83,20 +90,21 @@ embed() {  # MODEL NAME SHARD...
   local model=$1 name=$2; shift 2
   for shard in "$@"; do
     done_in "$E/$name/$shard/manifest.json" && continue
-    ft embed --model "$model" --data "$D/$shard" --out "$E/$name/$shard" --config finetune/configs/demo.yaml
+    ft embed --model "$model" --data "$D/$shard" --out "$E/$name/$shard" --config finetune/configs/demo.yaml \
+      ${LOCAL[@]+"${LOCAL[@]}"}
   done
 }
 ss_cnn() {  # NAME OUTDIR SEEDS [--set ...]: the SeqVec CNN on frozen per-residue embeddings
   local name=$1 dir=$2 seeds=$3; shift 3
   done_in "$dir/results.json" && return
   ft ss --config finetune/configs/cnn.yaml --name "$name" --group proof --seeds "$seeds" \
-    --train "$E/$name/ss_train" --test "$E/$name/ss_test" --out "$dir" "$@" ${FINETUNE_SET[@]+"${FINETUNE_SET[@]}"} \
+    --train "$E/$name/ss_train" --test "$E/$name/ss_test" --out "$dir" ${CNN_SET[@]+"${CNN_SET[@]}"} "$@" \
+    ${FT_COMMON[@]+"${FT_COMMON[@]}"} \
     > "$dir.log"
 }
 
-# How the biLSTM's layers combine is chosen on validation data, never on a test set: one CNN seed
-# per variant on FLIP train, the lowest validation loss (FLIP's validation split) wins.
-BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
+# How the biLSTM's layers combine (BILSTM_VARIANTS) is chosen on validation data, never on a test
+# set: one CNN seed per variant on FLIP train, the lowest validation loss (FLIP's validation split) wins.
 stage_choose() {
   done_in "$F/bilstm_choice.json" && { say "choose: $(cat "$F/bilstm_choice.json")"; return; }
   mkdir -p "$F/choose"
@@ -122,28 +130,32 @@ print(f"[proof] biLSTM layers: {best} (FLIP validation loss per variant: {runs})
 PYEOF
 }
 
+# The embeddings compared: one-hot, the chosen biLSTM variant, the multitask encoder
+# (PROOF_ONLY="onehot ..." restricts the embed and evaluate stages to some of them).
+embedders() {
+  local all=(onehot "$(json_get "$F/bilstm_choice.json" 'd["chosen"]')" multitask)
+  [ -n "${PROOF_ONLY:-}" ] && all=($PROOF_ONLY)
+  echo "${all[@]}"
+}
+
 stage_embed() {
-  local chosen; chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
-  ln -sfn "$chosen" "$M/bilstm_chosen"
-  for model in onehot "$M/$chosen" "$M/multitask"; do
-    local name; name=$(basename "$model")
-    embed "$model" "$name" deeploc_train deeploc_test ss_train ss_test
+  for name in $(embedders); do
+    embed "$([ "$name" = onehot ] && echo onehot || echo "$M/$name")" "$name" deeploc_train deeploc_test ss_train ss_test
   done
 }
 
 stage_evaluate() {
-  local chosen; chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
   local seeds; seeds=$(seq -s, 0 $((SEEDS - 1)))
   mkdir -p "$F/deeploc" "$F/ss"
-  for name in onehot "$chosen" multitask; do
+  for name in $(embedders); do
     done_in "$F/deeploc/$name/results.json" || \
       ft deeploc --config finetune/configs/la.yaml --name "$name" --group proof --seeds "$seeds" \
         --train "$E/$name/deeploc_train" --test "$E/$name/deeploc_test" --out "$F/deeploc/$name" \
-        ${FINETUNE_SET[@]+"${FINETUNE_SET[@]}"} > "$F/deeploc/$name.log"
+        ${LA_SET[@]+"${LA_SET[@]}"} ${FT_COMMON[@]+"${FT_COMMON[@]}"} > "$F/deeploc/$name.log"
     ss_cnn "$name" "$F/ss/$name" "$seeds"
     say "evaluate $name: $(grep -h '^\[finetune\].*Q' "$F/deeploc/$name.log" | tail -1)"
   done
-  done_in "$F/lm_bilstm.json" || \
+  [ -n "${PROOF_ONLY:-}" ] || done_in "$F/lm_bilstm.json" || \
     "$PY" -m pretrain eval --model "$M/bilstm" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_bilstm.json"
 }
 
@@ -170,5 +182,7 @@ stage_report() {
 stages=("$@"); [ ${#stages[@]} -eq 0 ] && stages=(data pretrain multitask choose embed evaluate ablation report)
 for s in "${stages[@]}"; do
   say "stage $s"
+  start=$(date +%s)
   "stage_$s"
+  echo "{\"stage\": \"$s\", \"seconds\": $(( $(date +%s) - start ))}" >> "$OUT/timings.jsonl"
 done
