@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +42,10 @@ def test_two_ray_workers_with_deepspeed_lower_the_loss_and_survive_a_failure(sha
 
     cfg = small_cfg(shards, tmp_path, "ray2", "ray.num_workers=2", "deepspeed.zero_stage=2", "train.max_steps=16",
                     "train.log_every=2", "train.checkpoint_every=6", "ray.max_failures=1")
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     out = launch(BiLSTMTask, cfg, faults=Faults(fail_once_at_step=8))
+    # DeepSpeed's per-rank shared-memory buffers (66 MB each) are released, the crashed attempt's too
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before
     run_dir = tmp_path / "ray2"
     assert out["step"] == 16 and out["checkpoint"].endswith("checkpoint_00000016")
     assert (run_dir / ".injected_failure_8").exists()  # rank 1 crashed once; Ray restarted from step 6
