@@ -36,7 +36,7 @@ else
   # la.yaml / cnn.yaml with less patience and LA on proteins cropped to 1000 residues (first and
   # last 500): 3 seeds x 3 embeddings must fit in the 2-hour budget on 2 cores (LA's convolutions
   # cost dim^2 per residue; one-hot LA's best epochs were 18-43 at patience 30).
-  FT_COMMON=(); LA_SET=(--set train.patience=10 train.max_epochs=100 data.max_length=1000)
+  FT_COMMON=(); LA_SET=(--set train.patience=20 train.max_epochs=100 data.max_length=1000)
   CNN_SET=(--set train.patience=2 train.max_epochs=10)
   BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
 fi
@@ -146,19 +146,29 @@ stage_embed() {
   done
 }
 
+deeploc() {  # NAME OUTDIR METHODS [finetune flags...]
+  local name=$1 dir=$2 methods=$3; shift 3
+  done_in "$dir/results.json" && return
+  ft deeploc --config finetune/configs/la.yaml --name "$name" --group proof --methods "$methods" \
+    --train "$E/$name/deeploc_train" --test "$E/$name/deeploc_test" --out "$dir" "$@" \
+    ${FT_COMMON[@]+"${FT_COMMON[@]}"} > "$dir.log"
+}
+
+# Cheap heads first (CNN, MLP, annotation transfer, majority), light attention last: its
+# convolutions cost dim^2 per residue, and it writes its results after every seed.
 stage_evaluate() {
   local seeds; seeds=$(seq -s, 0 $((SEEDS - 1)))
-  mkdir -p "$F/deeploc" "$F/ss"
+  mkdir -p "$F/deeploc" "$F/deeploc_la" "$F/ss"
   for name in $(embedders); do
-    done_in "$F/deeploc/$name/results.json" || \
-      ft deeploc --config finetune/configs/la.yaml --name "$name" --group proof --seeds "$seeds" \
-        --train "$E/$name/deeploc_train" --test "$E/$name/deeploc_test" --out "$F/deeploc/$name" \
-        ${LA_SET[@]+"${LA_SET[@]}"} ${FT_COMMON[@]+"${FT_COMMON[@]}"} > "$F/deeploc/$name.log"
     ss_cnn "$name" "$F/ss/$name" "$seeds"
-    say "evaluate $name: $(grep -h '^\[finetune\].*Q' "$F/deeploc/$name.log" | tail -1)"
+    deeploc "$name" "$F/deeploc/$name" mlp,at,majority --seeds "$seeds"
   done
   [ -n "${PROOF_ONLY:-}" ] || done_in "$F/lm_bilstm.json" || \
     "$PY" -m pretrain eval --model "$M/bilstm" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_bilstm.json"
+  for name in $(embedders); do
+    deeploc "$name" "$F/deeploc_la/$name" la --seeds "$seeds" ${LA_SET[@]+"${LA_SET[@]}"}
+    say "evaluate $name: $(grep -h '^\[finetune\].*Q10' "$F/deeploc_la/$name.log" | tail -1)"
+  done
 }
 
 # PEvoLM's question, does the PSSM term help? The same model and steps with cross-entropy only,

@@ -76,7 +76,8 @@ def collect(proof: Path) -> dict:
     names = {"onehot": "onehot", "bilstm": chosen, "multitask": "multitask"}
     deeploc, ss = {}, {}
     for label, name in names.items():
-        deeploc[label] = {r["method"]: r for r in rows_of(f / "deeploc" / name / "results.json")}
+        deeploc[label] = {r["method"]: r for r in rows_of(f / "deeploc" / name / "results.json")
+                          + rows_of(f / "deeploc_la" / name / "results.json")}
         ss[label] = {r["test_set"]: r for r in rows_of(f / "ss" / name / "results.json")}
     ablation = {r["test_set"]: r for r in rows_of(f / "ss" / "bilstm_ce_chosen" / "results.json")}
     mt_eval = load(proof / "ray" / "multitask" / "eval.json") or {}
@@ -139,21 +140,23 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
         lines.append(f"| {t['target']} | {v} | ≥ {t['threshold']:g} | {met} |")
     lines += ["", "## DeepLoc test set (2768 proteins): localisation Q10 and MCC, membrane Q2", "",
               "Trained on deeploc_our_val_set.fasta (10% stratified hold-out for early stopping).", "",
-              "| embedding | method | Q10 | MCC | membrane Q2 |", "|---|---|---|---|---|"]
+              "| embedding | method | seeds | Q10 | MCC | membrane Q2 |", "|---|---|---|---|---|---|"]
     for emb in EMBEDDERS:
         for method in DEEPLOC_METHODS:
             row = r["deeploc"].get(emb, {}).get(method)
             if row:
-                lines.append(f"| {emb} | {method} | {pm(row, 'q10')} | {pm(row, 'mcc', False)} | {pm(row, 'membrane_q2')} |")
+                lines.append(f"| {emb} | {method} | {row.get('seeds', '–')} | {pm(row, 'q10')} | {pm(row, 'mcc', False)} | "
+                             f"{pm(row, 'membrane_q2')} |")
     lines += ["", "## Secondary structure and disorder: SeqVec CNN on frozen embeddings", "",
               "Trained on FLIP train (FLIP validation split for early stopping). Q8 shows – because no "
               "8-state training labels exist (FLIP is 3-state).", "",
-              "| embedding | test set | Q3 | Q8 | disorder MCC |", "|---|---|---|---|---|"]
+              "| embedding | test set | seeds | Q3 | Q8 | disorder MCC |", "|---|---|---|---|---|---|"]
     for emb in EMBEDDERS:
         for name in SS_SETS:
             row = r["ss"].get(emb, {}).get(name)
             if row:
-                lines.append(f"| {emb} | {name} | {pm(row, 'q3')} | {pm(row, 'q8')} | {pm(row, 'disorder_mcc', False)} |")
+                lines.append(f"| {emb} | {name} | {row.get('seeds', '–')} | {pm(row, 'q3')} | {pm(row, 'q8')} | "
+                             f"{pm(row, 'disorder_mcc', False)} |")
     lines += ["", "## biLSTM language model", ""]
     for name, lm in r["lm"].items():
         if lm:

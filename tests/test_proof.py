@@ -51,7 +51,7 @@ def test_proof_script_tiny_end_to_end(tmp_path):
     assert {t["stage"] for t in r["timings"]} >= {"data", "pretrain", "multitask", "evaluate", "ablation"}
 
     md = results.with_suffix(".md").read_text()
-    assert "Tiny settings" in md and "| multitask | la |" in md and "| onehot | casp12 |" in md
+    assert "Tiny settings" in md and "| multitask | la | 1 |" in md and "| onehot | casp12 | 1 |" in md
     assert "Does the PSSM term help?" in md
     assert (out / "finetune" / "compare_ce_kl" / "comparison.md").is_file()
     # a second run finds every stage done and only rewrites the report
