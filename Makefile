@@ -22,6 +22,11 @@ sysdeps:
 	    echo "psiblast/mmseqs missing: run 'sudo apt-get install ncbi-blast+ mmseqs2'" >&2; exit 1; \
 	  fi; \
 	fi
+	@# SLURM and munge for tests/test_slurm_real.py (root only: it runs the daemons in a network namespace)
+	@if [ "$$(id -u)" = 0 ] && { ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    slurmctld slurmd slurm-client munge iproute2 >/dev/null; \
+	fi
 
 # torch first (the CPU build on a CPU machine, the CUDA build where nvidia-smi works), then
 # DeepSpeed without build isolation so that its build sees that torch instead of pulling another.
