@@ -152,9 +152,9 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     with tempfile.TemporaryDirectory(prefix="protlm-launch-") as tmp:
         Path(tmp, "job.pkl").write_bytes(pickle.dumps((task_cls, cfg, faults)))
-        entry = "import sys; from engine.launch import _child; _child(sys.argv[1], sys.argv[2] == 'netns')"
-        child = subprocess.Popen([*(unshare or []), sys.executable, "-c", entry, tmp, "netns" if unshare else "host"],
-                                 env=env)
+        entry = "import sys; from engine.launch import _child; _child(sys.argv[1], sys.argv[2] == 'netns', int(sys.argv[3]))"
+        child = subprocess.Popen([*(unshare or []), sys.executable, "-c", entry, tmp, "netns" if unshare else "host",
+                                  str(os.getpid())], env=env)
         try:
             code = child.wait()
         except BaseException:  # Ctrl-C reached the child too; give Ray time to shut down
@@ -173,8 +173,16 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
     raise RuntimeError(f"training in a child process failed (exit {code}); its traceback is above")
 
 
-def _child(tmp: str, netns: bool) -> None:
-    """The training child: loopback up in a fresh namespace, then `launch` as usual."""
+def _child(tmp: str, netns: bool, parent: int) -> None:
+    """The training child: loopback up in a fresh namespace, then `launch` as usual. It ends with
+    its parent (killed or timed out): SIGTERM on the parent's death, and Ray's own processes end
+    with this driver."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl
+        sys.exit(1)
     if netns:
         _loopback_up()
     task_cls, cfg, faults = pickle.loads(Path(tmp, "job.pkl").read_bytes())

@@ -117,3 +117,37 @@ def test_runs_that_need_the_network_are_named_without_their_uris():
     assert network_needs(cfg) == ["ray.storage_path=s3://..."]
     cfg = pretrain_config.load(CONFIG_DIR / "demo.yaml", ["wandb.mode=online", "data.train=gs://b/shards"])
     assert network_needs(cfg) == ["W&B online", "data.train=gs://..."]
+
+
+def test_killing_a_local_run_ends_its_private_network_child_and_ray(shared_data, tmp_path):
+    """SIGTERM to the command (a timeout, a scheduler) ends the training child and its Ray too."""
+    from _pretrain_shards import build_shards
+
+    shards = build_shards(shared_data, tmp_path / "shards", n_pssm=20, n_plain=40)
+    cmd = [sys.executable, "-m", "pretrain", "train", "--config", str(REPO / "pretrain/configs/demo.yaml"),
+           "--data", str(shards), "--set", *SMALL, f"ray.storage_path={tmp_path / 'runs'}", "ray.name=kill"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY", "PROTLM_PRIVATE_NETWORK")}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            started = descendants(proc.pid)
+            if any(b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes() for p in started if Path(f"/proc/{p}").exists()):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None and started, "the run ended before its Ray started"
+        proc.terminate()
+        proc.wait(timeout=30)
+        deadline = time.time() + 60
+        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in started):
+            time.sleep(0.5)
+        alive = [p for p in started if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+        assert not alive, f"still running after the command was killed: {alive}"
+    finally:
+        for pid in [*descendants(proc.pid), *started, proc.pid]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        proc.wait()
