@@ -98,11 +98,12 @@ embed() {  # MODEL NAME SHARD...
 }
 ss_cnn() {  # NAME OUTDIR SEEDS [--set ...]: the SeqVec CNN on frozen per-residue embeddings
   local name=$1 dir=$2 seeds=$3; shift 3
-  done_in "$dir/results.json" && return
+  done_in "$dir/complete" && return   # results.json alone may hold the seeds of an interrupted run
   ft ss --config finetune/configs/cnn.yaml --name "$name" --group proof --seeds "$seeds" \
     --train "$E/$name/ss_train" --test "$E/$name/ss_test" --out "$dir" ${CNN_SET[@]+"${CNN_SET[@]}"} "$@" \
     ${FT_COMMON[@]+"${FT_COMMON[@]}"} \
     > "$dir.log"
+  touch "$dir/complete"
 }
 
 # How the biLSTM's layers combine (BILSTM_VARIANTS) is chosen on validation data, never on a test
@@ -148,10 +149,11 @@ stage_embed() {
 
 deeploc() {  # NAME OUTDIR METHODS [finetune flags...]
   local name=$1 dir=$2 methods=$3; shift 3
-  done_in "$dir/results.json" && return
+  done_in "$dir/complete" && return
   ft deeploc --config finetune/configs/la.yaml --name "$name" --group proof --methods "$methods" \
     --train "$E/$name/deeploc_train" --test "$E/$name/deeploc_test" --out "$dir" "$@" \
     ${FT_COMMON[@]+"${FT_COMMON[@]}"} > "$dir.log"
+  touch "$dir/complete"
 }
 
 # Cheap heads first (CNN, MLP, annotation transfer, majority), light attention last: its
