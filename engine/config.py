@@ -40,6 +40,7 @@ class DataConfig:
     min_length: int = 1  # proteins shorter than this are skipped (and counted)
     limit: int = 0  # use only the first N rows of each source (0 = all); for smoke tests
     window_chunks: int = 8  # row groups read and length-packed together (bigger = better length grouping, more memory per read task)
+    window_mb: int = 256  # ... but no more than this many MB of Parquet data per window (wide per-residue embeddings: 256-row groups of 768 dims are ~100 MB)
     read_tasks: int = 2  # Ray Data tasks reading windows at once, per training worker
     read_cpus: float = 0.0  # CPUs each read task reserves: 0 = none (they share the CPUs of the worker's node and never wait for a free one); > 0 lets Ray place them on spare CPUs anywhere (a local Ray adds them)
     buffer_mb: int = 256  # object-store memory for finished batches, per training worker
@@ -160,6 +161,7 @@ def check_engine_values(cfg: ExperimentConfig, source: str = "<config>") -> None
         ("data.max_batch_size", cfg.data.max_batch_size >= 1, "must be >= 1"),
         ("data.bucket_ratio", cfg.data.bucket_ratio > 1.0, "must be > 1"),
         ("data.window_chunks", cfg.data.window_chunks >= 1, "must be >= 1"),
+        ("data.window_mb", cfg.data.window_mb >= 1, "must be >= 1"),
         ("data.read_tasks", cfg.data.read_tasks >= 1, "must be >= 1"),
         ("data.read_cpus", cfg.data.read_cpus >= 0, "must be >= 0"),
         ("data.buffer_mb", cfg.data.buffer_mb >= 1, "must be >= 1"),

@@ -8,7 +8,8 @@ The SeqVec recipe at any scale, without a global shuffle of rows:
 2. The draws of all sources are shuffled together and dealt to the ranks in that order, each to
    the rank with the fewest bytes so far: a rank reads about 1/world of the bytes, one row group
    at a time.
-3. A rank's draws are cut into windows of `data.window_chunks` row groups. Inside a window,
+3. A rank's draws are cut into windows of `data.window_chunks` row groups (fewer where they would
+   pass `data.window_mb`). Inside a window,
    long proteins become pieces and pieces are packed by length under the residue budget
    (engine.batching). Reading a window's `length` column is all the planning reads.
 4. Every rank must take the same number of steps: the ranks agree on the largest batch count
@@ -99,6 +100,7 @@ class PlanSettings:
     bucket_ratio: float
     min_length: int
     window_chunks: int
+    window_mb: int = 256
 
 
 Entry = tuple[int, int, "np.ndarray | None"]  # (source, chunk, rows in the chunk or None = all)
@@ -183,8 +185,8 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     windows, stats = [], PieceStats()
     residues = padded = 0
     first = 0
-    for w, start in enumerate(range(0, len(mine), settings.window_chunks)):
-        entries = [e for draw in mine[start:start + settings.window_chunks] for e in draw]
+    for w, (start, stop) in enumerate(window_bounds([draw_bytes(d, indexes) for d in mine], settings)):
+        entries = [e for draw in mine[start:stop] for e in draw]
         window = Window([s for s, _, _ in entries], [indexes[s].files[int(indexes[s].file[c])] for s, c, _ in entries],
                         [int(indexes[s].group[c]) for s, c, _ in entries], [p for _, _, p in entries])
         lengths = np.concatenate([_pick(read_lengths(indexes[s], c), p) for s, c, p in entries])
@@ -221,6 +223,34 @@ def plan_epoch(indexes: list[SourceIndex], weights: list[float], proteins: int, 
     return EpochPlan(windows, total, own, stats, sums[5], sums[6])
 
 
+def draw_bytes(draw: list[Entry], indexes: list[SourceIndex]) -> float:
+    """The bytes a draw reads (rows where the footers give no column sizes), a row selection's
+    share of its row group."""
+    total = 0.0
+    for s, c, picks in draw:
+        ix = indexes[s]
+        size = ix.read_bytes(c, ix.source.columns) if ix.column_bytes else int(ix.rows[c])
+        total += size if picks is None else size * len(picks) / max(1, int(ix.rows[c]))
+    return total
+
+
+def window_bounds(sizes: list[float], settings: PlanSettings) -> list[tuple[int, int]]:
+    """[start, stop) of each window over a rank's draws: `window_chunks` draws, fewer where they
+    would pass `window_mb` (a window holds at least one draw). A read task holds its window's
+    data several times over while it decodes and collates; 8 row groups of 768-dimensional
+    embeddings made one task 12.6 GB."""
+    limit = settings.window_mb * 2**20
+    bounds, start, size = [], 0, 0.0
+    for k, b in enumerate(sizes):
+        if k > start and (k - start == settings.window_chunks or size + b > limit):
+            bounds.append((start, k))
+            start, size = k, 0.0
+        size += b
+    if start < len(sizes):
+        bounds.append((start, len(sizes)))
+    return bounds
+
+
 def deal(draws: list[list[Entry]], indexes: list[SourceIndex], world: int) -> np.ndarray:
     """The rank of each draw: in the (shuffled) draw order, each goes to the rank with the fewest
     bytes so far, so every rank reads within one row group of 1/world of the bytes."""
@@ -229,10 +259,7 @@ def deal(draws: list[list[Entry]], indexes: list[SourceIndex], world: int) -> np
     for k, draw in enumerate(draws):
         r = int(np.argmin(loads))
         owner[k] = r
-        for s, c, picks in draw:
-            ix = indexes[s]
-            size = ix.read_bytes(c, ix.source.columns) if ix.column_bytes else int(ix.rows[c])
-            loads[r] += size if picks is None else size * len(picks) / max(1, int(ix.rows[c]))
+        loads[r] += draw_bytes(draw, indexes)
     return owner
 
 
@@ -248,7 +275,7 @@ def settings_from(cfg) -> PlanSettings:
     """The plan settings an ExperimentConfig's `data` section sets."""
     d = cfg.data
     return PlanSettings(d.residues_per_batch, d.max_batch_size, d.max_length, d.long_proteins, d.bucket_ratio,
-                        d.min_length, d.window_chunks)
+                        d.min_length, d.window_chunks, d.window_mb)
 
 
 def plan_lengths(lengths: np.ndarray, settings: PlanSettings, *, seed: int = 0, epoch: int = 0,

@@ -117,3 +117,16 @@ def test_plan_is_deterministic_per_seed_and_epoch_and_resumes_mid_window(corpus_
 def test_pad_stack():
     out = pad_stack([np.array([1, 2, 3]), np.array([4])], 0)
     assert out.tolist() == [[1, 2, 3], [4, 0, 0]]
+
+
+def test_windows_stop_at_the_byte_limit_but_hold_at_least_one_draw():
+    from dataclasses import replace
+
+    from engine.epoch import window_bounds
+
+    mb = 2**20
+    s = replace(SETTINGS, window_chunks=3, window_mb=100)
+    # small draws: the chunk count decides; wide ones (per-residue embeddings): the bytes
+    assert window_bounds([mb] * 7, s) == [(0, 3), (3, 6), (6, 7)]
+    assert window_bounds([60 * mb, 60 * mb, 30 * mb, 200 * mb, 10 * mb], s) == [(0, 1), (1, 3), (3, 4), (4, 5)]
+    assert window_bounds([], s) == []
