@@ -28,11 +28,13 @@ class ResidueCNN(nn.Module):
         return {t: head(h).transpose(1, 2) for t, head in self.heads.items()}
 
 
-def residue_loss(out: dict[str, torch.Tensor], batch: dict) -> torch.Tensor:
-    """Sum over tasks of the mean cross-entropy of labelled residues (-1 = no label)."""
+def residue_loss(out: dict[str, torch.Tensor], batch: dict, weights: dict | None = None) -> torch.Tensor:
+    """Sum over tasks of the mean cross-entropy of labelled residues (-1 = no label); `weights`
+    maps a task to its class weights (disorder: inverse class frequency, see HeadTask.weights)."""
     loss = sum(v.float().sum() for v in out.values()) * 0.0  # keeps every parameter in the graph
     for task, logits in out.items():
-        term = masked_cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[task].reshape(-1))
+        term = masked_cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[task].reshape(-1),
+                                    (weights or {}).get(task))
         if term is not None:
             loss = loss + term
     return loss

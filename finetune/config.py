@@ -61,6 +61,8 @@ class ModelConfig:
     protein_crop: Literal["ends", "random"] = "ends"  # per-protein heads, proteins longer than data.max_length: first + last halves (DeepLoc) or the engine's random window
     cnn_filters: int = 32  # CNN: filters of the first convolution (SeqVec: 32)
     cnn_window: int = 7  # CNN: window of both convolutions (SeqVec: 7)
+    standardize: bool = True  # (x - mean) / std per embedding dimension, statistics from the training rows only (finetune/standardize.py); saved with the head
+    balance_disorder: bool = True  # CNN: disorder cross-entropy weighted by inverse class frequency of the training residues
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .baselines import annotation_transfer, majority_class
 from .config import FinetuneConfig
 from .data import load_embeddings
 from .errors import FinetuneError
-from .report import confusion_png
+from .report import confusion_png, write_results
 from .task import HeadTask
 
 PROTEIN_METHODS = ("la", "mlp", "at", "majority")
@@ -45,7 +45,9 @@ def load_head(run_dir: str | Path, cfg: FinetuneConfig) -> tuple[HeadTask, torch
     """The task, the selected model (eval mode) and its export config.json of a finished run."""
     config, weights = load_export(resolve_checkpoint(run_dir))
     task = HeadTask(cfg)
-    task.__dict__["tasks"] = tuple(config.get("tasks", ()))  # the heads the run trained
+    # what the run trained with, never recomputed: its heads, input statistics and class weights
+    task.__dict__.update(tasks=tuple(config.get("tasks", ())), stats=config.get("standardize"),
+                         weights=config.get("class_weights") or {})
     model = task.build_model()
     model.load_state_dict(weights)
     return task, model.eval(), config
@@ -100,7 +102,9 @@ class _WithIds:
 
 
 def _mean_over_seeds(per_seed: list[dict]) -> dict:
-    """Mean of every numeric metric over seeds; `*_seed_std` holds the spread between seeds."""
+    """Mean of every numeric metric over seeds; `*_seed_std` holds the spread between seeds, and
+    `per_seed` every seed's own scalar metrics (a metric that is null, e.g. membrane metrics of a
+    test set without M/S labels, stays null)."""
     row = dict(per_seed[0])
     for key, value in per_seed[0].items():
         if isinstance(value, float):
@@ -109,16 +113,24 @@ def _mean_over_seeds(per_seed: list[dict]) -> dict:
             if not key.endswith("_se") and len(per_seed) > 1:
                 row[key + "_seed_std"] = float(np.std(values, ddof=1))
     row["seeds"] = len(per_seed)  # confusion and per-class accuracy stay those of the first seed
+    row["per_seed"] = [{k: v for k, v in r.items() if v is None or isinstance(v, (int, float, str))} for r in per_seed]
     return row
 
 
+RESIDUE_KEYS = ("q3", "q3_se", "q8", "q8_se", "disorder_mcc", "disorder_mcc_se", "disorder_fpr", "disorder_fpr_se")
+MEMBRANE_KEYS = ("membrane_q2", "membrane_q2_se", "membrane_mcc", "membrane_mcc_se")
+
+
 def _protein_row(true_loc, pred_loc, true_mem, pred_mem, cfg: FinetuneConfig) -> dict:
+    """Location metrics, and membrane metrics where the test set has M/S labels (else null: a set
+    whose proteins are all U, as some published DeepLoc-style files, has no membrane metrics)."""
     n, seed = cfg.train.bootstrap, cfg.train.bootstrap_seed
     loc = location_metrics(true_loc, pred_loc, len(LOCATIONS), n, seed)
     row = {k: loc[k] for k in ("q10", "q10_se", "mcc", "mcc_se", "n", "unlabelled")}
     row["per_class_accuracy"] = dict(zip(LOCATIONS, loc["per_class_accuracy"]))
     row["confusion"] = loc["confusion"]
-    if pred_mem is not None and true_mem is not None:
+    row.update(dict.fromkeys(MEMBRANE_KEYS), membrane_n=0)
+    if pred_mem is not None and true_mem is not None and (np.asarray(true_mem) >= 0).any():
         mem = membrane_metrics(true_mem, pred_mem, n, seed)
         row.update({"membrane_q2": mem["q2"], "membrane_q2_se": mem["q2_se"], "membrane_mcc": mem["mcc"],
                     "membrane_mcc_se": mem["mcc_se"], "membrane_n": mem["n"]})
@@ -156,6 +168,9 @@ def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
     for key in ("train", "test"):
         if "location_id" not in shard_columns(getattr(cfg.data, key)):
             raise FinetuneError(f"{getattr(cfg.data, key)}: no location_id column (not DeepLoc embeddings)")
+    if not (read_column(cfg.data.test, "location_id").astype(np.int64) >= 0).any():
+        raise FinetuneError(f"{cfg.data.test}: no test protein has one of the 10 locations (column location_id): "
+                            "nothing to evaluate")
     split_task = HeadTask(replace(cfg, model=replace(cfg.model, head="mlp")))
     keep, held, how = split_task.split
     train_loc = read_column(cfg.data.train, "location_id").astype(np.int64)
@@ -165,9 +180,16 @@ def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
     log(f"[finetune] {embedder}: train {split_info['train']}, valid {split_info['valid']} ({how}); "
         f"{split_info['excluded_from_location_loss']} training rows without one of the 10 locations are left out "
         "of the location loss")
-    rows = []
+    membrane = {k: _has_membrane_labels(getattr(cfg.data, k)) for k in ("train", "test")}
+    if not all(membrane.values()):
+        log(f"[finetune] {embedder}: no M/S membrane labels in the {' and '.join(k for k, v in membrane.items() if not v)}"
+            " set: membrane metrics are null (shown as –)")
+    score_membrane = all(membrane.values())
+    rows: list[dict] = []
+    title = f"DeepLoc results: {embedder}"
     reference = None
     for method in methods:
+        extra = {"embedder": embedder, "method": method, **{f"split_{k}": v for k, v in split_info.items()}}
         if method in ("la", "mlp"):
             per_seed = []
             for seed in cfg.train.seeds:
@@ -175,34 +197,54 @@ def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
                 preds = predict(task, model, cfg.data.test, run_cfg)
                 true_loc = np.array([p["location"][0] for p in preds])
                 pred_loc = np.array([p["location"][1] for p in preds])
-                mem = [p.get("membrane") for p in preds]
+                mem = [p.get("membrane") for p in preds] if score_membrane else []
                 true_mem = np.array([m[0] for m in mem]) if mem and mem[0] is not None else None
                 pred_mem = np.array([m[1] for m in mem]) if mem and mem[0] is not None else None
                 row = _protein_row(true_loc, pred_loc, true_mem, pred_mem, cfg)
-                row.update(info)
+                row.update(info, seed=seed)
                 per_seed.append(row)
+                # written after every seed: a later failure keeps the seeds already done
+                write_results(rows + [_seed_summary(per_seed, extra)], out, title)
                 log(f"[finetune] {embedder} {method} seed {seed}: Q10 {row['q10']:.3f}")
-            row = _mean_over_seeds(per_seed)
-            row["q10_per_seed"] = [r["q10"] for r in per_seed]
+            row = _seed_summary(per_seed, extra)
         else:
             if reference is None:  # nothing to fit: every training protein (hold-out included) is a reference
                 train, test = load_embeddings(cfg.data.train, False), load_embeddings(cfg.data.test, False)
                 reference = (train, test)
             train, test = reference
-            if method == "at":
-                location = annotation_transfer(train.pooled, train.labels["location_id"], test.pooled)
-                membrane = (annotation_transfer(train.pooled, train.labels["membrane_id"], test.pooled)
-                            if "membrane_id" in train.labels else None)
-            else:
-                location = np.full(len(test), majority_class(train.labels["location_id"]))
-                membrane = (np.full(len(test), majority_class(train.labels["membrane_id"]))
-                            if "membrane_id" in train.labels else None)
-            row = _protein_row(test.labels["location_id"], location, test.labels.get("membrane_id"), membrane, cfg)
+            location = _baseline(method, train, test, "location_id")
+            membrane_pred = _baseline(method, train, test, "membrane_id") if score_membrane else None
+            row = _protein_row(test.labels["location_id"], location, test.labels.get("membrane_id"), membrane_pred, cfg)
+            row.update(extra)
             log(f"[finetune] {embedder} {method}: Q10 {row['q10']:.3f}")
-        row.update(embedder=embedder, method=method, **{f"split_{k}": v for k, v in split_info.items()})
         confusion_png(row["confusion"], list(LOCATIONS), out / f"confusion_{method}.png", f"{embedder} {method}")
         rows.append(row)
+        write_results(rows, out, title)
     return rows
+
+
+def _baseline(method: str, train, test, label: str) -> np.ndarray:
+    """Predictions of a method that fits nothing: annotation transfer or the majority class."""
+    if method == "at":
+        return annotation_transfer(train.pooled, train.labels[label], test.pooled)
+    return np.full(len(test), majority_class(train.labels[label]))
+
+
+def _has_membrane_labels(path: str) -> bool:
+    """Whether shard dir `path` has a membrane_id column with at least one M or S (not U) protein."""
+    return "membrane_id" in shard_columns(path) and bool((read_column(path, "membrane_id").astype(np.int64) >= 0).any())
+
+
+def _seed_summary(per_seed: list[dict], extra: dict) -> dict:
+    """The table row of the seeds done so far: their mean, `per_seed`, and `q10_per_seed` (per
+    protein) or `q3_per_seed` (per residue)."""
+    row = _mean_over_seeds(per_seed)
+    row.pop("seed", None)
+    for key in ("q10", "q3"):
+        if key in row:
+            row[f"{key}_per_seed"] = [r[key] for r in per_seed]
+    row.update(extra)
+    return row
 
 
 def run_residue(cfg: FinetuneConfig, out: str | Path, embedder: str = "", local: bool = False,
@@ -215,6 +257,7 @@ def run_residue(cfg: FinetuneConfig, out: str | Path, embedder: str = "", local:
     cfg = replace(cfg, model=replace(cfg.model, head="cnn"))
     per_group: dict[str, list] = {}
     tasks: tuple = ()
+    rows: list[dict] = []
     for seed in cfg.train.seeds:
         run_cfg, task, model, info = _trained(cfg, "cnn", seed, out, f"{embedder}-cnn-seed{seed}", local, log)
         tasks = task.tasks
@@ -225,13 +268,17 @@ def run_residue(cfg: FinetuneConfig, out: str | Path, embedder: str = "", local:
             pred = {t: [p[t][1] for p in part] for t in tasks}
             masks = [p["eval_mask"] for p in part] if "eval_mask" in part[0] else None
             row = residue_metrics(true, pred, masks, cfg.train.bootstrap, cfg.train.bootstrap_seed)
-            row.update(info, proteins=len(part))
+            # a metric whose task was not trained (Q8 from FLIP, which has 3-state labels only) or
+            # has no test labels is null, never a number
+            row.update(dict.fromkeys((k for k in RESIDUE_KEYS if k not in row)), **info, proteins=len(part), seed=seed)
             per_group.setdefault(group, []).append(row)
         log(f"[finetune] {embedder} cnn seed {seed}: " + ", ".join(
-            f"{g} Q3 {rows[-1].get('q3', float('nan')):.3f}" for g, rows in per_group.items()))
-    rows = []
-    for group, per_seed in per_group.items():
-        row = _mean_over_seeds(per_seed)
-        row.update(embedder=embedder, method="cnn", test_set=group, tasks=list(tasks))
-        rows.append(row)
+            f"{g} Q3 {_fmt(r[-1]['q3'])} disorder MCC {_fmt(r[-1]['disorder_mcc'])}" for g, r in per_group.items()))
+        rows = [_seed_summary(per_seed, {"embedder": embedder, "method": "cnn", "test_set": group, "tasks": list(tasks)})
+                for group, per_seed in per_group.items()]
+        write_results(rows, out, f"Per-residue results: {embedder}", per_residue=True)  # after every seed
     return rows
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -25,12 +25,14 @@ class ClassifierMLP(nn.Module):
         return out
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    """Mean cross-entropy over targets >= 0 (-1 = no label); None when the batch has none."""
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                         weight: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Mean cross-entropy over targets >= 0 (-1 = no label), weighted by class when `weight` is
+    given (sum w_y * ce / sum w_y); None when the batch has no label."""
     valid = target >= 0
     if not bool(valid.any()):
         return None
-    return F.cross_entropy(logits[valid].float(), target[valid])
+    return F.cross_entropy(logits[valid].float(), target[valid], weight=weight)
 
 
 def protein_loss(out: dict[str, torch.Tensor], batch: dict, membrane_weight: float = 1.0) -> torch.Tensor:

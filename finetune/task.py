@@ -27,6 +27,7 @@ from .cnn import ResidueCNN, residue_loss
 from .data import stratified_holdout
 from .heads import protein_loss
 from .la import LightAttention
+from .standardize import class_weights, feature_stats, standardize
 
 PROTEIN_LABELS = ("location_id", "membrane_id")
 RESIDUE_LABELS = ("ss3", "ss8", "disorder")
@@ -119,8 +120,30 @@ class HeadTask(Task):
                 out.append(name)
         return tuple(out)
 
+    @cached_property
+    def stats(self) -> dict | None:
+        """Per-dimension mean and scale of the head's input over the training rows (the hold-out
+        removed): residues for LA and the CNN, pooled vectors for the MLP; None when
+        model.standardize is off. A loaded head takes them from its export instead (load_head)."""
+        if not self.cfg.model.standardize:
+            return None
+        rows, _, _ = self.split
+        return feature_stats(self.cfg.data.train, rows, "pooled" if self.head == "mlp" else "embedding", self.dim)
+
+    @cached_property
+    def weights(self) -> dict[str, list[float]]:
+        """Class weights of per-residue tasks: disorder by inverse frequency in the training residues
+        (model.balance_disorder), so the rare disordered class is not ignored."""
+        if not (self.per_residue and self.cfg.model.balance_disorder and "disorder" in self.tasks):
+            return {}
+        rows, _, _ = self.split
+        w = class_weights(self.cfg.data.train, rows, "disorder", 2)
+        return {"disorder": w} if w else {}
+
     # ------------------------------------------------------------------ model
     def build_model(self) -> torch.nn.Module:
+        # statistics first: they are computed once here and shipped with the task to the batch readers
+        self.stats, self.weights  # noqa: B018
         m = self.cfg.model
         if self.head == "la":
             return LightAttention(self.dim, m.kernel_size, m.conv_dropout, m.hidden, m.dropout, m.softmax, m.max_pool,
@@ -146,7 +169,8 @@ class HeadTask(Task):
     def _tensors(self, rows: list[dict], starts: np.ndarray, lengths: np.ndarray) -> dict:
         batch: dict = {}
         if self.head == "mlp":
-            batch["pooled"] = torch.from_numpy(np.stack([np.asarray(r["pooled"], np.float32) for r in rows]))
+            pooled = np.stack([np.asarray(r["pooled"], np.float32) for r in rows])
+            batch["pooled"] = torch.from_numpy(standardize(pooled, self.stats))
         else:
             longest = int(lengths.max())
             x = np.zeros((len(rows), longest, self.dim), dtype=np.float32)
@@ -155,9 +179,10 @@ class HeadTask(Task):
                 emb = row["embedding"].view(np.float16).reshape(-1, self.dim)
                 n = int(lengths[i])
                 if ends and n < len(emb):  # the engine cropped this protein: take its ends instead
-                    x[i, :n] = emb[crop_ends(len(emb), n)]
+                    piece = emb[crop_ends(len(emb), n)]
                 else:
-                    x[i, :n] = emb[int(starts[i]):int(starts[i]) + n]
+                    piece = emb[int(starts[i]):int(starts[i]) + n]
+                x[i, :n] = standardize(piece, self.stats)  # padding stays zero
             batch["x"] = torch.from_numpy(x).transpose(1, 2)
             batch["mask"] = torch.arange(longest)[None, :] < torch.from_numpy(lengths.astype(np.int64))[:, None]
         for name in self.labels:
@@ -185,14 +210,20 @@ class HeadTask(Task):
         `loss` (and the validation loss that selects the epoch) does not depend on the batching:
         loss = sum over heads of weight x mean cross-entropy over labelled items."""
         out = model(batch)
-        loss = residue_loss(out, batch) if self.per_residue else protein_loss(out, batch, self.cfg.model.membrane_weight)
+        device = next(iter(out.values())).device
+        weights = {k: torch.tensor(v, device=device) for k, v in self.weights.items()}
+        loss = (residue_loss(out, batch, weights) if self.per_residue
+                else protein_loss(out, batch, self.cfg.model.membrane_weight))
         logs = {}
         for name, logits in out.items():
             y = batch[name if self.per_residue else f"{name}_id"]
             flat, target = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
             keep = target >= 0
-            ce = torch.nn.functional.cross_entropy(flat[keep], target[keep], reduction="sum") if keep.any() else flat.sum() * 0
-            logs[f"{name}_ce"] = (ce.detach(), keep.sum().float())
+            w = weights.get(name)  # a weighted task logs its weighted mean: sum w_y * ce / sum w_y
+            ce = (torch.nn.functional.cross_entropy(flat[keep], target[keep], weight=w, reduction="sum")
+                  if keep.any() else flat.sum() * 0)
+            count = w[target[keep]].sum() if w is not None else keep.sum().float()
+            logs[f"{name}_ce"] = (ce.detach(), count)
             logs[f"{name}_acc"] = (((flat.argmax(-1) == target) & keep).sum().float(), keep.sum().float())
         return loss, logs
 
@@ -204,5 +235,5 @@ class HeadTask(Task):
     def export_config(self) -> dict:
         from engine.config import to_dict
         return {"kind": self.kind, "model": to_dict(self.cfg.model), "dim": self.dim, "tasks": list(self.tasks),
-                "labels": self.labels}
+                "labels": self.labels, "standardize": self.stats, "class_weights": self.weights}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from finetune.cnn import ResidueCNN
+from finetune.cnn import ResidueCNN, residue_loss
 from finetune.heads import protein_loss
 from finetune.la import LightAttention
 
@@ -80,3 +80,18 @@ def test_cnn_is_padding_invariant_and_shapes():
     for key in alone:
         torch.testing.assert_close(alone[key][0], together[key][0, :9], rtol=1e-5, atol=1e-5)
     assert sum(p.numel() for p in model.first.parameters()) == 6 * 32 * 7 + 32
+
+
+def test_weighted_residue_loss_is_the_class_weighted_mean():
+    # 2 proteins x 4 residues, disorder labels with one unlabelled (-1) position
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 2)
+    target = torch.tensor([[0, 0, 1, -1], [0, 0, 0, 1]])
+    w = torch.tensor([0.6, 3.0])
+    out, batch = {"disorder": logits}, {"disorder": target}
+    ce = -torch.log_softmax(logits, -1).reshape(-1, 2)[torch.arange(8), target.reshape(-1).clamp(min=0)]
+    keep = target.reshape(-1) >= 0
+    weights = w[target.reshape(-1).clamp(min=0)] * keep
+    expected = (weights * ce).sum() / weights.sum()
+    torch.testing.assert_close(residue_loss(out, batch, {"disorder": w}), expected)
+    torch.testing.assert_close(residue_loss(out, batch), ce[keep].mean())  # unweighted: the plain mean

@@ -16,11 +16,13 @@ from engine.errors import UserError
 from engine.loop import EVAL_EPOCH, Faults
 from engine.sources import Mixture
 from engine.stream import Feed
+from data_prep.labels import labels_deeploc
 from finetune.__main__ import main
 from finetune.config import FinetuneConfig, load_config
 from finetune.data import load_embeddings, stratified_holdout
 from finetune.experiment import load_head, run_protein, run_residue, train_head
 from finetune.extract import run_embed
+from finetune.standardize import standardize
 from finetune.task import HeadTask
 from test_finetune_data import deeploc_shards, flip_shards
 
@@ -57,6 +59,59 @@ def test_la_on_onehot_beats_majority_on_real_deeploc_test(onehot_deeploc, tmp_pa
     assert la["split_excluded_from_location_loss"] == 23 and la["split_valid"] == 168
     run = tmp_path / "runs" / "onehot-la-seed0"
     assert (tmp_path / "confusion_la.png").is_file() and (latest_checkpoint(run) / "model.safetensors").is_file()
+
+
+def small_deeploc_embeddings(shared_data: Path, root: Path) -> dict[str, str]:
+    """One-hot embeddings of every 4th protein of the DeepLoc training file (420) and every 20th of
+    the test file (139): seconds to train on."""
+    d = shared_data / "deeploc"
+    for name, fasta, stride in (("train", "deeploc_our_val_set.fasta", 4), ("test", "deeploc_test_set.fasta", 20)):
+        run_embed("onehot", deeploc_shards(d / fasta, root / f"{name}_shards", stride=stride), root / name, use_ray=False)
+    return {"train": str(root / "train"), "test": str(root / "test")}
+
+
+@pytest.fixture(scope="module")
+def small_deeploc(shared_data, tmp_path_factory):
+    return small_deeploc_embeddings(shared_data, tmp_path_factory.mktemp("small_deeploc"))
+
+
+def test_test_set_without_membrane_labels_evaluates_and_results_are_written_per_seed(shared_data, small_deeploc,
+                                                                                   tmp_path):
+    # a published DeepLoc-style file: real test proteins under a set tag of its own, every membrane label U
+    records = (shared_data / "deeploc" / "deeploc_test_set.fasta").read_text().split(">")[1:][::20]
+    fasta = tmp_path / "new_set.fasta"
+    fasta.write_text("".join(f">{h.split()[0]} {h.split()[1].rpartition('-')[0]}-U new_set PIDE<20%\n{seq}"
+                             for h, seq in (r.split("\n", 1) for r in records)))
+    assert labels_deeploc([str(fasta)], tmp_path / "shards")["rows"] == 139
+    run_embed("onehot", tmp_path / "shards", tmp_path / "emb", use_ray=False)
+    out = tmp_path / "out"
+    assert main(["deeploc", "--train", small_deeploc["train"], "--test", str(tmp_path / "emb"), "--out", str(out),
+                 "--methods", "mlp,at,majority", "--epochs", "1", "--seeds", "0,1", "--local", "--no-wandb"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["mlp", "at", "majority"] and all(r["n"] == 139 for r in rows)
+    for r in rows:  # location metrics as usual; membrane metrics null, shown as "–"
+        assert 0 < r["q10"] < 1 and r["membrane_n"] == 0
+        assert all(r[k] is None for k in ("membrane_q2", "membrane_q2_se", "membrane_mcc", "membrane_mcc_se"))
+    assert rows[0]["seeds"] == 2 and [s["seed"] for s in rows[0]["per_seed"]] == [0, 1]
+    assert rows[0]["q10_per_seed"] == [s["q10"] for s in rows[0]["per_seed"]]
+    assert rows[0]["per_seed"][1]["membrane_q2"] is None
+    assert (out / "results.md").read_text().count("| – | – |") == 3
+
+    # a run that fails after its first seed keeps that seed's results
+    class Interrupted(Exception):
+        pass
+
+    def log(line: str) -> None:
+        if line.startswith("[finetune] onehot-mlp-seed1:"):  # the second seed finished training
+            raise Interrupted
+
+    cfg = head_cfg("train.max_epochs=1", "train.seeds=[0,1]", train=small_deeploc["train"], test=small_deeploc["test"])
+    with pytest.raises(Interrupted):
+        run_protein(cfg, tmp_path / "late", "onehot", ("mlp",), local=True, log=log)
+    (saved,) = json.loads((tmp_path / "late" / "results.json").read_text())
+    assert saved["method"] == "mlp" and saved["seeds"] == 1 and [s["seed"] for s in saved["per_seed"]] == [0]
+    assert saved["membrane_q2"] is not None  # this test set has M/S labels
+    assert "| onehot | mlp |" in (tmp_path / "late" / "results.md").read_text()
 
 
 def _validation_loss(cfg: FinetuneConfig, run_dir: Path) -> float:
@@ -114,7 +169,22 @@ def test_cnn_on_onehot_flip_beats_majority_state(shared_data, tmp_path):
     majority = np.bincount(ss3).max() / len(ss3)
     assert row["test_set"] == "flip" and row["tasks"] == ["ss3", "disorder"]  # FLIP has no 8-state labels
     assert row["q3"] >= majority + 0.05, (row["q3"], majority)
-    assert "disorder_mcc" in row and 0 <= row["disorder_fpr"] <= 1
+    # disorder is weighted by inverse class frequency of the training residues (the hold-out excluded)
+    keep, held, _ = HeadTask(cfg).split
+    assert len(keep) == 1350 and len(held) == 150  # these 1500 rows have no split=valid rows: 10% hold-out
+    disorder = load_embeddings(tmp_path / "etr", False).residue_labels["disorder"]
+    labels = np.concatenate([disorder[i] for i in keep])
+    counts = np.bincount(labels[labels >= 0], minlength=2)
+    config = json.loads((latest_checkpoint(tmp_path / "out" / "runs" / "onehot-cnn-seed0") / "config.json").read_text())
+    np.testing.assert_allclose(config["class_weights"]["disorder"], counts.sum() / (2 * counts))
+    assert config["class_weights"]["disorder"][1] > 5  # disordered residues are rare
+    assert row["disorder_mcc"] > 0.1 and 0 < row["disorder_fpr"] < 0.5  # unweighted, the CNN never predicted disorder
+    # no 8-state training labels: Q8 is null in results.json and "–" in the table, never a number
+    (saved,) = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["q8"] is None and saved["q8_se"] is None and saved["q3"] == pytest.approx(row["q3"])
+    assert [s["seed"] for s in saved["per_seed"]] == [0] and saved["q3_per_seed"] == [row["q3"]]
+    table_row = (tmp_path / "out" / "results.md").read_text().splitlines()[-1].split(" | ")
+    assert table_row[4] == "–" and table_row[3].startswith(f"{100 * row['q3']:.1f} ± ")
 
 
 def test_stratified_holdout_is_seeded_and_stratified():
@@ -172,5 +242,5 @@ def test_crop_keeps_both_ends(onehot_deeploc):
     batch = task.collate_eval([row], np.array([5000]), np.array([1000]), np.random.default_rng(0))
     x = batch["x"][0].T.numpy()
     assert x.shape == (1000, 21) and batch["mask"].all()
-    np.testing.assert_array_equal(x[:500], data.residues[i][:500])
-    np.testing.assert_array_equal(x[500:], data.residues[i][-500:])
+    np.testing.assert_array_equal(x[:500], standardize(data.residues[i][:500], task.stats))
+    np.testing.assert_array_equal(x[500:], standardize(data.residues[i][-500:], task.stats))
