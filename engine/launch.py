@@ -24,11 +24,13 @@ import os
 import pickle
 import secrets
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,15 +157,24 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
         entry = "import sys; from engine.launch import _child; _child(sys.argv[1], sys.argv[2] == 'netns', int(sys.argv[3]))"
         child = subprocess.Popen([*(unshare or []), sys.executable, "-c", entry, tmp, "netns" if unshare else "host",
                                   str(os.getpid())], env=env)
+        main = threading.current_thread() is threading.main_thread()  # only there can Python handle signals
+        previous = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
             code = child.wait()
-        except BaseException:  # Ctrl-C reached the child too; give Ray time to shut down
+        except BaseException as err:  # Ctrl-C reached the child too (give its Ray time); SIGTERM did not
+            tree = _process_tree(child.pid)
+            if isinstance(err, _Terminated):
+                child.terminate()
             try:
                 child.wait(timeout=60)
             finally:
                 if child.poll() is None:
                     child.kill()
+                _kill(tree)  # Ray's agents outlive their raylet by a while; nothing of this run may stay
             raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         result = Path(tmp, "result.pkl")
         if result.is_file():
             kind, value = pickle.loads(result.read_bytes())
@@ -173,12 +184,48 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
     raise RuntimeError(f"training in a child process failed (exit {code}); its traceback is above")
 
 
+class _Terminated(SystemExit):
+    """SIGTERM while the training child runs: end it, clean up, exit 143."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated(128 + signum)
+
+
+def _process_tree(root: int) -> dict[int, str]:
+    """Every process below `root` (Linux /proc), as pid -> start time (to recognise a reused pid)."""
+    parent, start = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(stat.parent.name)
+        parent[pid], start[pid] = int(fields[1]), fields[19]
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        for kid in (p for p, pp in parent.items() if pp == pid):
+            tree[kid] = start[kid]
+            todo.append(kid)
+    return tree
+
+
+def _kill(tree: dict[int, str]) -> None:
+    """SIGKILL the processes of a `_process_tree` snapshot that still run (same pid, same start)."""
+    for pid, start in tree.items():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, IndexError):
+            pass
+
+
 def _child(tmp: str, netns: bool, parent: int) -> None:
     """The training child: loopback up in a fresh namespace, then `launch` as usual. It ends with
     its parent (killed or timed out): SIGTERM on the parent's death, and Ray's own processes end
     with this driver."""
     import ctypes
-    import signal
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,13 @@ def decode(hex_addr: str) -> str:
     raw = bytes.fromhex(hex_addr)
     words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
     return str(ipaddress.ip_address(words))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _readlink(path: Path) -> str:
@@ -138,12 +146,17 @@ def test_killing_a_local_run_ends_its_private_network_child_and_ray(shared_data,
             time.sleep(0.5)
         assert proc.poll() is None and started, "the run ended before its Ray started"
         proc.terminate()
-        proc.wait(timeout=30)
+        assert proc.wait(timeout=90) == 143  # it ended its child, cleaned up and exited as terminated
         deadline = time.time() + 60
         while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in started):
             time.sleep(0.5)
-        alive = [p for p in started if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]]
+        alive = {p: _read(Path(f"/proc/{p}/cmdline"))[:120] for p in started
+                 if "Z" not in _read(Path(f"/proc/{p}/stat")).rsplit(b")", 1)[-1].decode().split()[:1]}
+        alive = {p: c for p, c in alive.items() if c}  # (gone, or a zombie: no command line)
         assert not alive, f"still running after the command was killed: {alive}"
+        left = [d for d in Path(tempfile.gettempdir()).glob("protlm-launch-*")
+                if str(tmp_path).encode() in _read(d / "job.pkl")]
+        assert not left, left  # the job handed to the child (its config) was removed
     finally:
         for pid in [*descendants(proc.pid), *started, proc.pid]:
             try:
