@@ -176,15 +176,17 @@ def _column_bytes(rg, wanted: list[str], position: dict[str, int]) -> dict[str, 
 
 def row_dicts(table: pa.Table, source_id: int) -> list[dict]:
     """Rows of a row group as dicts for `Task.collate`: binary and list columns become numpy
-    arrays (binary as uint8: tasks view them as their dtype), null stays None, scalars are Python
-    values; "source" is the source's position in the task's list."""
+    arrays (binary as uint8: tasks view them as their dtype; lists in their own value type, e.g.
+    finetune's float32 `pooled`), null stays None, scalars are Python values; "source" is the
+    source's position in the task's list."""
     n = table.num_rows
     columns: dict[str, list] = {}
     for name in table.column_names:
         col = table.column(name)
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         if _is_sequence(col.type):
-            flat, offsets, valid = residue_arrays(col)
+            listed = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+            flat, offsets, valid = residue_arrays(col, col.type.value_type.to_pandas_dtype() if listed else np.uint8)
             columns[name] = [flat[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(n)]
         else:
             columns[name] = col.to_pylist()

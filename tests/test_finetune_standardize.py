@@ -98,8 +98,6 @@ def test_standardize_off_feeds_the_embeddings_unchanged(small_deeploc):
     np.testing.assert_array_equal(x[0, : lengths[0]], rows[0]["embedding"].view(np.float16).reshape(-1, 21))
 
 
-@pytest.mark.xfail(strict=True, reason="engine.sources.row_dicts decodes list<float32> columns as uint8, so the "
-                   "MLP's pooled vectors arrive as zeros; remove this mark once the engine keeps the value type")
 def test_mlp_batches_carry_the_pooled_vectors_through_the_engine(small_deeploc):
     from engine.loop import EVAL_EPOCH
     from engine.sources import Mixture
