@@ -26,10 +26,16 @@ def test_proof_script_tiny_end_to_end(tmp_path):
         (deeploc / name).write_text("".join(">" + r for r in records[::step]))
     corpus = tmp_path / "corpus.fasta"
     _head_fasta(SAMPLE / "corpus.fasta", corpus, 400)
+    flip = tmp_path / "flip"  # every 5th FLIP record (train, validation and test all present)
+    flip.mkdir()
+    keep = {r.split()[0] for r in (SAMPLE / "flip" / "sampled.fasta").read_text().split(">")[1::5]}
+    for name in ("sequences.fasta", "sampled.fasta", "mask.fasta"):
+        records = (SAMPLE / "flip" / name).read_text().split(">")[1:]
+        (flip / name).write_text("".join(">" + r for r in records if r.split()[0] in keep))
     out, results = tmp_path / "proof", tmp_path / "docs" / "results"
     env = {**os.environ, "PROOF_TINY": "1", "PROOF_OUT": str(out), "RESULTS": str(results), "PY": sys.executable,
-           "PROOF_DEEPLOC": str(deeploc), "PROOF_CORPUS": str(corpus), "WANDB_MODE": "offline"}
-    run = subprocess.run(["bash", "scripts/proof.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+           "PROOF_DEEPLOC": str(deeploc), "PROOF_CORPUS": str(corpus), "PROOF_FLIP": str(flip), "WANDB_MODE": "offline"}
+    run = subprocess.run(["bash", "scripts/proof.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     r = json.loads(results.with_suffix(".json").read_text())
