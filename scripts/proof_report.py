@@ -79,6 +79,9 @@ def collect(proof: Path) -> dict:
         deeploc[label] = {r["method"]: r for r in rows_of(f / "deeploc" / name / "results.json")
                           + rows_of(f / "deeploc_la" / name / "results.json")}
         ss[label] = {r["test_set"]: r for r in rows_of(f / "ss" / name / "results.json")}
+        if not ss[label] and label == "bilstm":  # only the layer-choice run finished: say so
+            ss[label] = {r["test_set"]: {**r, "from_layer_choice": True}
+                         for r in rows_of(f / "choose" / name / "results.json")}
     ablation = {r["test_set"]: r for r in rows_of(f / "ss" / "bilstm_ce_chosen" / "results.json")}
     mt_eval = load(proof / "ray" / "multitask" / "eval.json") or {}
     return {
@@ -161,6 +164,9 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
             if row:
                 lines.append(f"| {emb} | {name} | {row.get('seeds', '–')} | {pm(row, 'q3')} | {pm(row, 'q8')} | "
                              f"{pm(row, 'disorder_mcc', False)} |")
+    if any(r.get("from_layer_choice") for r in r["ss"].get("bilstm", {}).values()):
+        lines += ["", "biLSTM rows: from the layer-choice run (one seed, a shorter CNN training); the "
+                  "evaluation run with all seeds has not finished."]
     lines += ["", "## biLSTM language model", ""]
     for name, lm in r["lm"].items():
         if lm:
