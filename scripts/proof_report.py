@@ -177,6 +177,7 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
     if choice:
         lines += ["", f"Layer combination, chosen by the CNN's FLIP validation loss (one seed): **{choice['chosen']}** "
                   f"(" + ", ".join(f"{k} {v:.4f}" for k, v in choice["validation_loss"].items()) + ")."]
+        lines += [f"Not measured: {k}: {why}." for k, why in choice.get("not_measured", {}).items()]
     if r["ablation_ss"]:
         kl, ce = r["ss"].get("bilstm", {}), r["ablation_ss"]
         lines += ["", "### Does the PSSM term help? CE+KL vs CE-only, same model and steps", "",
