@@ -33,7 +33,11 @@ def test_proof_script_tiny_end_to_end(tmp_path):
         records = (SAMPLE / "flip" / name).read_text().split(">")[1:]
         (flip / name).write_text("".join(">" + r for r in records if r.split()[0] in keep))
     out, results = tmp_path / "proof", tmp_path / "docs" / "results"
-    env = {**os.environ, "PROOF_TINY": "1", "PROOF_OUT": str(out), "RESULTS": str(results), "PY": sys.executable,
+    # the process-group variables of in-process training tests must not leak into the script's
+    # own runs (an inherited MASTER_PORT is still bound by this process: EADDRINUSE)
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")}
+    env = {**inherited, "PROOF_TINY": "1", "PROOF_OUT": str(out), "RESULTS": str(results), "PY": sys.executable,
            "PROOF_DEEPLOC": str(deeploc), "PROOF_CORPUS": str(corpus), "PROOF_FLIP": str(flip), "WANDB_MODE": "offline"}
     run = subprocess.run(["bash", "scripts/proof.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
