@@ -26,8 +26,9 @@ if [ "$TINY" = 1 ]; then
   PRETRAIN_SET=(train.max_steps=4 train.checkpoint_every=4 train.log_every=2 --no-ray)
   MULTITASK_SET=(train.max_steps=4 train.checkpoint_every=4 train.log_every=2 train.eval_every=4
                  mixture.proteins_per_epoch=200 eval.limit=20 --no-ray)
-  FT_COMMON=(--epochs 2 --local --no-wandb); LA_SET=(); CNN_SET=(); LOCAL=(--local)
-  BILSTM_VARIANTS=("sum 0,1,2" "concat 0,1,2")
+  FT_COMMON=(--epochs 2 --local --no-wandb); CNN_SET=(); LOCAL=(--local)
+  LA_SET=(--set data.max_length=400 data.max_batch_size=32)  # LA costs dim^2 per residue
+  BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2")
 else
   SRC="$SHARED/data"; SEEDS="${SEEDS:-3}"
   CORPUS="$SRC/corpus/corpus_dedup.fasta"; PSSMS="$SRC/pssm"; JOIN=sequence

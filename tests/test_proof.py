@@ -44,8 +44,8 @@ def test_proof_script_tiny_end_to_end(tmp_path):
 
     r = json.loads(results.with_suffix(".json").read_text())
     assert r["tiny"] is True and r["seeds"] == 1
-    assert r["layer_choice"]["chosen"] in ("bilstm_sum_012", "bilstm_concat_012")
-    assert set(r["layer_choice"]["validation_loss"]) == {"bilstm_sum_012", "bilstm_concat_012"}
+    assert r["layer_choice"]["chosen"] in ("bilstm_sum_012", "bilstm_sum_12")
+    assert set(r["layer_choice"]["validation_loss"]) == {"bilstm_sum_012", "bilstm_sum_12"}
     for emb in ("onehot", "bilstm", "multitask"):
         assert set(r["deeploc"][emb]) == {"la", "mlp", "at", "majority"}, emb
         assert {"cb513", "ts115", "casp12"} <= set(r["ss"][emb]) or {"ts115", "casp12"} <= set(r["ss"][emb]), emb
