@@ -162,7 +162,7 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
         try:
             code = child.wait()
         except BaseException as err:  # Ctrl-C reached the child too (give its Ray time); SIGTERM did not
-            tree = _process_tree(child.pid)
+            tree = process_tree(child.pid)
             if isinstance(err, _Terminated):
                 child.terminate()
             try:
@@ -192,7 +192,7 @@ def _terminated(signum, frame):
     raise _Terminated(128 + signum)
 
 
-def _process_tree(root: int) -> dict[int, str]:
+def process_tree(root: int) -> dict[int, str]:
     """Every process below `root` (Linux /proc), as pid -> start time (to recognise a reused pid)."""
     parent, start = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -212,7 +212,7 @@ def _process_tree(root: int) -> dict[int, str]:
 
 
 def _kill(tree: dict[int, str]) -> None:
-    """SIGKILL the processes of a `_process_tree` snapshot that still run (same pid, same start)."""
+    """SIGKILL the processes of a `process_tree` snapshot that still run (same pid, same start)."""
     for pid, start in tree.items():
         try:
             if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == start:

@@ -16,26 +16,15 @@ import time
 from pathlib import Path
 
 from conftest import REPO
-from engine.launch import network_needs, unshare_command
+from engine.launch import network_needs, process_tree, unshare_command
 
 SMALL = ["model.embed_dim=16", "model.input_proj=32", "model.hidden=64", "model.proj=32",
          "data.residues_per_batch=2048", "data.max_length=256", "optim.warmup_steps=2", "wandb.mode=offline"]
 
 
 def descendants(root: int) -> list[int]:
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):
-            continue
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        kids = [p for p, pp in parent.items() if pp == pid]
-        found += kids
-        todo += kids
-    return found
+    """Every process below `root` (only what this test started)."""
+    return list(process_tree(root))
 
 
 def decode(hex_addr: str) -> str:

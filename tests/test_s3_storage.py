@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from engine.launch import process_tree
 
 BUCKET = "protlm"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -65,20 +66,7 @@ def s3_json(uri: str):
 
 def descendants(root: int) -> list[int]:
     """Every process below `root` (only what this test started)."""
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(stat.parent.name)] = int(fields[1])
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        kids = [p for p, pp in parent.items() if pp == pid]
-        found += kids
-        todo += kids
-    return found
+    return list(process_tree(root))
 
 
 def train_workers(root: int) -> list[int]:
