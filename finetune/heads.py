@@ -8,12 +8,22 @@ from torch.nn import functional as F
 N_LOCATIONS = 10
 
 
+class FloatBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm computed in fp32 whatever the input and parameter dtype: under bf16 DeepSpeed
+    casts the parameters but keeps the running statistics (buffers) in fp32, and torch's kernel
+    refuses the mix."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x.float(), self.running_mean, self.running_var, self.weight.float(), self.bias.float(),
+                            self.training, self.momentum, self.eps).to(x.dtype)
+
+
 class ClassifierMLP(nn.Module):
     """Linear -> dropout -> ReLU -> batch norm -> location logits (+ membrane logits), as in LA."""
 
     def __init__(self, in_dim: int, hidden: int = 32, dropout: float = 0.25, membrane_head: bool = True):
         super().__init__()
-        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.BatchNorm1d(hidden))
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.Dropout(dropout), nn.ReLU(), FloatBatchNorm1d(hidden))
         self.location = nn.Linear(hidden, N_LOCATIONS)
         self.membrane = nn.Linear(hidden, 2) if membrane_head else None
 

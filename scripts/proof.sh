@@ -37,7 +37,8 @@ else
   # la.yaml / cnn.yaml with less patience and LA on proteins cropped to 1000 residues (first and
   # last 500): 3 seeds x 3 embeddings must fit in the 2-hour budget on 2 cores (LA's convolutions
   # cost dim^2 per residue; one-hot LA's best epochs were 18-43 at patience 30).
-  FT_COMMON=(); LA_SET=(--set train.patience=20 train.max_epochs=100 data.max_length=1000)
+  # bf16: 2x faster LA epochs on CPUs with AMX (13 vs 27 s per epoch on 256-dimensional biLSTM embeddings).
+  FT_COMMON=(); LA_SET=(--set train.patience=20 train.max_epochs=100 data.max_length=1000 deepspeed.bf16=true)
   CNN_SET=(--set train.patience=2 train.max_epochs=10)
   BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
 fi

@@ -95,3 +95,20 @@ def test_weighted_residue_loss_is_the_class_weighted_mean():
     expected = (weights * ce).sum() / weights.sum()
     torch.testing.assert_close(residue_loss(out, batch, {"disorder": w}), expected)
     torch.testing.assert_close(residue_loss(out, batch), ce[keep].mean())  # unweighted: the plain mean
+
+
+def test_la_runs_with_deepspeed_bf16_casting():
+    # DeepSpeed bf16 casts parameters but keeps buffers (batch-norm running statistics) in fp32:
+    # the head must train and evaluate like that, and agree with fp32 to bf16 precision.
+    torch.manual_seed(0)
+    model = LightAttention(dim=8, kernel_size=3, hidden=4)
+    batch = _batch([np.random.default_rng(i).normal(size=(n, 8)).astype(np.float32) for i, n in enumerate([5, 9, 7])])
+    reference = model.eval()(batch)["location"]
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    assert model.mlp.hidden[3].running_mean.dtype == torch.float32
+    out = model.eval()(batch)["location"]
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), reference, atol=0.1, rtol=0.05)
+    model.train()(batch)["location"].float().sum().backward()
+    assert model.values.weight.grad.dtype == torch.bfloat16
