@@ -38,6 +38,17 @@ def pm(row: dict | None, key: str, percent: bool = True) -> str:
     return f"{row[key]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
 
 
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """Markdown table lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def present(section: dict, keys) -> list[tuple[str, str, dict]]:
+    """(embedder, key, row) for every result of a section that exists, in table order."""
+    return [(emb, key, section[emb][key]) for emb in EMBEDDERS for key in keys if section.get(emb, {}).get(key)]
+
+
 def machine() -> dict:
     cpu = ""
     if Path("/proc/cpuinfo").is_file():
@@ -147,23 +158,15 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
         lines.append(f"| {t['target']} | {v} | {need} | {met} |")
     lines += ["", "## DeepLoc test set (2768 proteins): localisation Q10 and MCC, membrane Q2", "",
               "Trained on deeploc_our_val_set.fasta (10% stratified hold-out for early stopping).", "",
-              "| embedding | method | seeds | Q10 | MCC | membrane Q2 |", "|---|---|---|---|---|---|"]
-    for emb in EMBEDDERS:
-        for method in DEEPLOC_METHODS:
-            row = r["deeploc"].get(emb, {}).get(method)
-            if row:
-                lines.append(f"| {emb} | {method} | {row.get('seeds', '–')} | {pm(row, 'q10')} | {pm(row, 'mcc', False)} | "
-                             f"{pm(row, 'membrane_q2')} |")
+              *table(["embedding", "method", "seeds", "Q10", "MCC", "membrane Q2"],
+                     [[emb, method, row.get("seeds", "–"), pm(row, "q10"), pm(row, "mcc", False), pm(row, "membrane_q2")]
+                      for emb, method, row in present(r["deeploc"], DEEPLOC_METHODS)])]
     lines += ["", "## Secondary structure and disorder: SeqVec CNN on frozen embeddings", "",
               "Trained on FLIP train (FLIP validation split for early stopping). Q8 shows – because no "
               "8-state training labels exist (FLIP is 3-state).", "",
-              "| embedding | test set | seeds | Q3 | Q8 | disorder MCC |", "|---|---|---|---|---|---|"]
-    for emb in EMBEDDERS:
-        for name in SS_SETS:
-            row = r["ss"].get(emb, {}).get(name)
-            if row:
-                lines.append(f"| {emb} | {name} | {row.get('seeds', '–')} | {pm(row, 'q3')} | {pm(row, 'q8')} | "
-                             f"{pm(row, 'disorder_mcc', False)} |")
+              *table(["embedding", "test set", "seeds", "Q3", "Q8", "disorder MCC"],
+                     [[emb, name, row.get("seeds", "–"), pm(row, "q3"), pm(row, "q8"), pm(row, "disorder_mcc", False)]
+                      for emb, name, row in present(r["ss"], SS_SETS)])]
     if any(r.get("from_layer_choice") for r in r["ss"].get("bilstm", {}).values()):
         lines += ["", "biLSTM rows: from the layer-choice run (one seed, a shorter CNN training); the "
                   "evaluation run with all seeds has not finished."]
@@ -187,19 +190,19 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
             lines[-1] += " | ".join(pm(ss.get(s), "q3") for s in ("cb513", "ts115", "casp12")) + " |"
         lines += ["", "Training curves side by side: `ops.compare` output in the run's finetune/compare_ce_kl/."]
     if r["multitask_heads"]:
+        keys = ("q3", "q8", "disorder_mcc", "q10", "q2")
         lines += ["", "## The multitask encoder's own heads (whole proteins)", "",
-                  "| set | Q3 | Q8 | disorder MCC | Q10 | Q2 |", "|---|---|---|---|---|---|"]
-        for name, row in r["multitask_heads"].items():
-            cells = [pm(row, k, k != "disorder_mcc") for k in ("q3", "q8", "disorder_mcc", "q10", "q2")]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                  *table(["set", "Q3", "Q8", "disorder MCC", "Q10", "Q2"],
+                         [[name] + [pm(row, k, k != "disorder_mcc") for k in keys]
+                          for name, row in r["multitask_heads"].items()])]
     lines += ["", "## Learning curves (training loss at evenly spaced logged steps)", ""]
     for name, points in r["curves"].items():
         if points:
             key = [k for k in points[0] if k != "step"][0]
             lines.append(f"- {name}: " + ", ".join(f"step {p['step']}: {p[key]:.3f}" for p in points))
     if r["timings"]:
-        lines += ["", "## Time per stage", "", "| stage | minutes |", "|---|---|"]
-        lines += [f"| {t['stage']} | {t['seconds'] / 60:.1f} |" for t in r["timings"]]
+        lines += ["", "## Time per stage", "",
+                  *table(["stage", "minutes"], [[t["stage"], f"{t['seconds'] / 60:.1f}"] for t in r["timings"]])]
     notes = Path(__file__).resolve().parents[1] / "docs" / "results_discussion.md"
     if notes.is_file() and not tiny:
         lines += ["", notes.read_text().strip()]
