@@ -2,7 +2,7 @@
 
   fasta IN... --out DIR                 FASTA (plain/gzip) -> sequence shards (Ray Data)
   pssm IN... --out DIR [--sequences D [--join-on sequence]]  PSI-BLAST ASCII PSSMs -> PSSM shards (or joined to sequences)
-  pssm generate --fasta F --db DB --out DIR   run psiblast for every query (Ray tasks)
+  pssm generate --fasta F --db DB --out DIR [--engine mmseqs]   PSSMs for every query (Ray tasks)
   labels deeploc|flip|netsurfp ...      labelled sets -> deeploc / ss shards
   split --train DIR --eval DIR... --out DIR   drop training homologs of eval sequences (MMseqs2)
   merge IN... --out DIR                 concatenate shard directories of one kind
@@ -36,9 +36,13 @@ def _cmd_pssm(a):
 
 
 def _cmd_pssm_generate(a):
+    from .profiles_mmseqs import MmseqsOptions
     from .pssm_generate import generate_pssms
 
-    return generate_pssms(a.fasta, a.db, a.out, iterations=a.iterations, evalue=a.evalue)
+    opts = MmseqsOptions(sensitivity=a.sensitivity, max_seqs=a.max_seqs, threads=a.threads,
+                         chunk_size=a.chunk_size, split_memory_limit=a.split_memory_limit)
+    return generate_pssms(a.fasta, a.db, a.out, iterations=a.iterations, evalue=a.evalue, engine=a.engine,
+                          mmseqs=opts, target_db=a.target_db)
 
 
 def _cmd_deeploc(a):
@@ -104,12 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="match PSSM to sequence rows by id (file name up to the first '.') or by residues")
     s.set_defaults(func=_cmd_pssm)
 
-    g = sub.add_parser("pssm-generate", help="same as 'pssm generate': run psiblast for every query")
+    g = sub.add_parser("pssm-generate", help="same as 'pssm generate': PSSMs for every query (psiblast or mmseqs)")
     g.add_argument("--fasta", required=True, help="query FASTA")
-    g.add_argument("--db", required=True, help="FASTA to build the BLAST database from")
+    g.add_argument("--db", required=True, help="FASTA to build the target database from")
     g.add_argument("--out", required=True)
+    g.add_argument("--engine", choices=["psiblast", "mmseqs"], default="psiblast")
     g.add_argument("--iterations", type=int, default=3)
-    g.add_argument("--evalue", type=float, default=0.001, help="psiblast -evalue")
+    g.add_argument("--evalue", type=float, default=0.001, help="e-value for hits and profile inclusion")
+    g.add_argument("--sensitivity", type=float, default=7.5, help="mmseqs -s (1 fast .. 7.5 sensitive)")
+    g.add_argument("--max-seqs", type=int, default=300, help="mmseqs --max-seqs per query and iteration")
+    g.add_argument("--threads", type=int, default=1, help="mmseqs threads (and Ray CPUs) per chunk task")
+    g.add_argument("--chunk-size", type=int, default=1000, help="mmseqs: queries per Ray task")
+    g.add_argument("--split-memory-limit", default="", help="mmseqs --split-memory-limit, e.g. 4G")
+    g.add_argument("--target-db", default=None,
+                   help="mmseqs: an existing target DB prefix (createdb + createindex) on storage every node reads")
     g.set_defaults(func=_cmd_pssm_generate)
 
     lab = sub.add_parser("labels", help="labelled sets -> shards").add_subparsers(dest="labels", required=True)
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_ray(args.num_cpus)
         results.append(args.func(args))
 
-    code = run_cli(body)
+    code = run_cli(body, "data_prep")
     if code:
         return code
     result = results[0]

@@ -1,15 +1,27 @@
-"""`python -m data_prep pssm generate --fasta F --db DBFASTA --out DIR`: PSSMs with PSI-BLAST.
+"""`python -m data_prep pssm generate --fasta F --db DBFASTA --out DIR [--engine psiblast|mmseqs]`.
 
-makeblastdb builds a protein database from DBFASTA; then one `psiblast -num_iterations N
--out_ascii_pssm` per query runs as a Ray task (one thread each). psiblast writes no PSSM for a
-query without hits: such queries are counted (reason no_hits) in DIR/manifest.json and listed in
-DIR/rejects, never silently lost. PSSMs go to DIR/pssm/<id>.pssm, ready for `data_prep pssm`.
+Both engines write one PSI-BLAST-layout ASCII PSSM per query to DIR/pssm/<id>.pssm, ready for
+`data_prep pssm` (which turns them into kind "pssm" shards), and the same accounting:
+a query without hits gets no file and is a `no_hits` reject in DIR/rejects (its count is also
+the manifest's `without_pssm`); ids that cannot be file names are `id_not_a_file_name` rejects.
+Nothing is silently lost.
+
+* psiblast: makeblastdb on DBFASTA, then one `psiblast -num_iterations N -out_ascii_pssm` per
+  query as a Ray task (one thread each).
+* mmseqs: the target DB is built once, queries go in chunks, one Ray task per chunk runs a
+  batched iterative search; the percentages come from the alignments (`profiles_mmseqs`,
+  `profiles_msa`, docs/data_prep.md).
+
+Progress (queries done, rate, ETA) goes to stderr; stdout stays for the CLI's JSON result.
 """
 from __future__ import annotations
 
+import logging
 import re
 import shutil
+import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,9 +30,12 @@ import pyarrow as pa
 from . import shards
 from .errors import DataPrepError
 from .fasta_parse import parse_block
+from .profiles_mmseqs import MmseqsOptions
 from .tools import require, run_tool
 
+log = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"[A-Za-z0-9_\-|:+=]+")  # the id becomes a file name and ends at the first '.'
+ENGINES = ("psiblast", "mmseqs")
 
 
 def _psiblast_one(psiblast: str, db: str, rid: str, sequence: str, out_dir: str, iterations: int,
@@ -41,48 +56,116 @@ def _psiblast_one(psiblast: str, db: str, rid: str, sequence: str, out_dir: str,
         return "ok" if target.is_file() and target.stat().st_size > 0 else "no_hits"
 
 
-def generate_pssms(fasta: str, db_fasta: str, out: str | Path, iterations: int = 3, evalue: float = 0.001) -> dict:
-    psiblast, makeblastdb = require("psiblast"), require("makeblastdb")
-    out = Path(out).resolve()
-    pssm_dir = out / "pssm"
-    shutil.rmtree(pssm_dir, ignore_errors=True)
-    pssm_dir.mkdir(parents=True)
-    for path in (fasta, db_fasta):
-        if not Path(path).is_file():
-            raise DataPrepError(f"{path}: no such file")
-    db = out / "blastdb" / "db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    run_tool([makeblastdb, "-in", str(Path(db_fasta).resolve()), "-dbtype", "prot", "-out", str(db)],
-             what=f"{db_fasta}: makeblastdb")
+def gather_with_progress(ray, refs: list, sizes: list[int], what: str) -> list:
+    """ray.get(refs) in order, with a tqdm bar on stderr counting queries (`sizes` per ref)."""
+    from tqdm import tqdm
 
+    results, size_of = {}, dict(zip(refs, sizes))
+    pending = list(refs)
+    with tqdm(total=sum(sizes), desc=what, unit="query", file=sys.stderr, mininterval=2.0) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=30.0)
+            for ref in done:
+                results[ref] = ray.get(ref)
+                bar.update(size_of[ref])
+    return [results[r] for r in refs]
+
+
+def read_queries(fasta: str) -> tuple[list[tuple[dict, str, str]], list[dict], int]:
+    """(base reject row, id, sequence) per usable query in input order; rejects; input records."""
+    if not Path(fasta).is_file():
+        raise DataPrepError(f"{fasta}: no such file")
     block = parse_block(Path(fasta).read_bytes(), source=str(fasta))
     rejects = [{"source": str(fasta), **r, "line": r["line"] + 1} for r in block.rejects]
     ids, seqs = block.table["id"].to_pylist(), block.table["sequence"].to_pylist()
-    queries = []
+    queries, seen = [], set()
     for i, (rid, seq) in enumerate(zip(ids, seqs)):
         base = {"source": str(fasta), "record_index": int(block.record_index[i]), "id": rid,
                 "line": int(block.line[i]) + 1}
         if not SAFE_ID.fullmatch(rid):
             rejects.append({**base, "reason": "id_not_a_file_name"})
+        elif rid in seen:  # one file per id: a second query would overwrite the first one's PSSM
+            rejects.append({**base, "reason": "duplicate_id"})
         else:
+            seen.add(rid)
             queries.append((base, rid, seq))
+    return queries, rejects, block.n_records
 
+
+def _run_psiblast(queries, db_fasta: str, out: Path, pssm_dir: Path, iterations: int, evalue: float) -> list[str]:
+    psiblast, makeblastdb = require("psiblast"), require("makeblastdb")
+    db = out / "blastdb" / "db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    run_tool([makeblastdb, "-in", str(Path(db_fasta).resolve()), "-dbtype", "prot", "-out", str(db)],
+             what=f"{db_fasta}: makeblastdb")
     from .ray_utils import ensure_ray
 
     ray = ensure_ray()
     task = ray.remote(num_cpus=1)(_psiblast_one)
-    results = ray.get([task.remote(psiblast, str(db), rid, seq, str(pssm_dir), iterations, evalue)
-                       for _, rid, seq in queries])
+    refs = [task.remote(psiblast, str(db), rid, seq, str(pssm_dir), iterations, evalue) for _, rid, seq in queries]
+    return gather_with_progress(ray, refs, [1] * len(refs), "psiblast")
+
+
+def _run_mmseqs(queries, db_fasta: str, out: Path, pssm_dir: Path, opts: MmseqsOptions,
+                target_db: str | None) -> list[str]:
+    from .profiles_mmseqs import build_target, chunks, search_chunk
+    from .ray_utils import ensure_ray
+
+    opts.check()
+    mmseqs = require("mmseqs")
+    if target_db:
+        if not Path(f"{target_db}.index").is_file():
+            raise DataPrepError(f"{target_db}: --target-db is not an mmseqs DB (no {target_db}.index)")
+        target = str(Path(target_db).resolve())
+    else:
+        t0 = time.time()
+        target = build_target(mmseqs, db_fasta, out / "mmseqs_target", opts.threads)
+        log.info("mmseqs target DB %s built in %.0f s", target, time.time() - t0)
+    ray = ensure_ray()
+    task = ray.remote(num_cpus=opts.threads)(search_chunk)
+    parts = chunks([(rid, seq) for _, rid, seq in queries], opts.chunk_size)
+    refs = [task.remote(part, target, str(pssm_dir), opts) for part in parts]
+    return [s for part in gather_with_progress(ray, refs, [len(p) for p in parts], "mmseqs") for s in part]
+
+
+def generate_pssms(fasta: str, db_fasta: str, out: str | Path, iterations: int = 3, evalue: float = 0.001,
+                   engine: str = "psiblast", mmseqs: MmseqsOptions | None = None,
+                   target_db: str | None = None) -> dict:
+    if engine not in ENGINES:
+        raise DataPrepError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    out = Path(out).resolve()
+    pssm_dir = out / "pssm"
+    if not Path(db_fasta).is_file() and not (engine == "mmseqs" and target_db):
+        raise DataPrepError(f"{db_fasta}: no such file")
+    queries, rejects, n_records = read_queries(fasta)
+    shutil.rmtree(pssm_dir, ignore_errors=True)
+    pssm_dir.mkdir(parents=True)
+    t0 = time.time()
+    log.info("%s: %d queries against %s", engine, len(queries), target_db or db_fasta)
+    if engine == "psiblast":
+        results = _run_psiblast(queries, db_fasta, out, pssm_dir, iterations, evalue)
+        settings = {}
+    else:
+        opts = mmseqs or MmseqsOptions()
+        opts.iterations, opts.evalue = iterations, evalue
+        results = _run_mmseqs(queries, db_fasta, out, pssm_dir, opts, target_db)
+        settings = {"sensitivity": opts.sensitivity, "max_seqs": opts.max_seqs, "chunk_size": opts.chunk_size,
+                    "threads_per_task": opts.threads}
+    seconds = time.time() - t0
     written = 0
     for (base, _, _), status in zip(queries, results):
         if status == "ok":
             written += 1
         else:
             rejects.append({**base, "reason": status.split(":")[0]})
-            if status.startswith("psiblast_failed"):
-                print(f"{fasta}: {base['id']}: {status}")
+            if "failed" in status:
+                log.error("%s: %s: %s", fasta, base["id"], status)
     shards.write_rejects(pa.Table.from_pylist(rejects, schema=shards.REJECT_SCHEMA), out)
+    rejected = Counter(r["reason"] for r in rejects)
+    log.info("%s: %d PSSMs, %d without hits, %.1f queries/s", engine, written, rejected["no_hits"],
+             len(queries) / max(seconds, 1e-9))
     return shards.write_manifest(
-        out, kind="pssm_generate", rows=written, residues=0, sources=[str(fasta), str(db_fasta)],
-        rejected=Counter(r["reason"] for r in rejects), input_records=block.n_records,
-        pssm_dir=str(pssm_dir), iterations=iterations, evalue=evalue, queries=len(queries))
+        out, kind="pssm_generate", rows=written, residues=0, sources=[str(fasta), str(target_db or db_fasta)],
+        rejected=rejected, input_records=n_records, pssm_dir=str(pssm_dir), engine=engine,
+        iterations=iterations, evalue=evalue, queries=len(queries), without_pssm=rejected["no_hits"],
+        seconds=round(seconds, 2), **settings)
