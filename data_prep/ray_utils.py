@@ -1,20 +1,17 @@
 """Starting (or joining) Ray for the data_prep commands."""
 from __future__ import annotations
 
-import logging
-
 
 def ensure_ray(num_cpus: int | None = None):
-    """Use the running Ray (tests, clusters via RAY_ADDRESS) or start a quiet local one."""
+    """Use the running Ray (tests, clusters via RAY_ADDRESS) or start a local one whose messages
+    go to the log file (engine.logs); Ray Data's own progress bars show the ingest."""
     from engine.ray_env import ensure_ray as start_or_join
 
     ray = start_or_join(num_cpus, log_to_driver=False)
     from ray.data import DataContext
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = True
     ctx.print_on_execution_start = False
     return ray
 

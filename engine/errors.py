@@ -8,7 +8,6 @@ file, line or key.
 """
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
 
@@ -16,13 +15,19 @@ class UserError(Exception):
     """A problem the user can fix; the message is one line naming the file, line or key."""
 
 
-def run_cli(body: Callable[[], object]) -> int:
+def run_cli(body: Callable[[], object], stage: str | None = None) -> int:
     """Run a CLI body: its exit code (0 when it returns none); 2 with one line on stderr for a
-    `UserError` or a missing file (FileNotFoundError names the path the user gave)."""
+    `UserError` or a missing file (FileNotFoundError names the path the user gave). Logging is
+    set up first (engine.logs: the console for people, the log file for everything else)."""
+    from .logs import console, setup, to_file
+
+    if stage:
+        setup(stage)
     try:
         code = body()
     except (UserError, FileNotFoundError) as err:
         text = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {text}", file=console(), flush=True)
+        to_file(f"error: {text}")
         return 2
     return code if isinstance(code, int) else 0

@@ -19,6 +19,7 @@ PROTLM_PRIVATE_NETWORK=0 asks for the host network explicitly.
 from __future__ import annotations
 
 import fcntl
+import logging
 import math
 import os
 import pickle
@@ -37,7 +38,10 @@ from pathlib import Path
 from .checkpoint import is_uri, join_path
 from .config import ExperimentConfig, to_dict
 from .errors import UserError
+from .logs import child_env, log_file
 from .ray_env import ensure_ray
+
+log = logging.getLogger(__name__)
 
 
 class LaunchError(UserError, RuntimeError):
@@ -69,8 +73,8 @@ def launch(task_cls, cfg: ExperimentConfig, *, faults=None) -> dict:
     if unshare is None:
         why = (f"it needs the network ({', '.join(needs)})" if needs else f"{PRIVATE_NETWORK}=0" if host else
                "no private network namespace can be created here (unshare --net refused)")
-        print(f"[launch] local Ray on the host network because {why}: its ports bind every interface "
-              f"(Ray's own with token authentication; README, 'Local runs')", flush=True)
+        log.info(f"local Ray on the host network because {why}: its ports bind every interface "
+                 f"(Ray's own with token authentication; README, 'Local runs')")
     return _launch_in_child(unshare, task_cls, cfg, faults)
 
 
@@ -148,15 +152,16 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
     ours; its result or user error comes back through a private temp dir."""
     env = {**os.environ, PRIVATE_NETWORK: "child"}
     if unshare:
-        print("[launch] local run in a private network namespace: Ray and torch.distributed listen on its "
-              "loopback only", flush=True)
+        log.info("local run in a private network namespace: Ray and torch.distributed listen on its "
+                 "loopback only")
     elif not env.get("RAY_AUTH_MODE"):
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env, console_fds = child_env(env)  # the child shows on our terminal and writes our log file
     with tempfile.TemporaryDirectory(prefix="protlm-launch-") as tmp:
         Path(tmp, "job.pkl").write_bytes(pickle.dumps((task_cls, cfg, faults)))
         entry = "import sys; from engine.launch import _child; _child(sys.argv[1], sys.argv[2] == 'netns', int(sys.argv[3]))"
         child = subprocess.Popen([*(unshare or []), sys.executable, "-c", entry, tmp, "netns" if unshare else "host",
-                                  str(os.getpid())], env=env)
+                                  str(os.getpid())], env=env, pass_fds=console_fds)
         main = threading.current_thread() is threading.main_thread()  # only there can Python handle signals
         previous = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
@@ -181,7 +186,8 @@ def _launch_in_child(unshare: list[str] | None, task_cls, cfg: ExperimentConfig,
             if kind == "error":
                 raise value
             return value
-    raise RuntimeError(f"training in a child process failed (exit {code}); its traceback is above")
+    raise RuntimeError(f"training in a child process failed (exit {code}); its traceback is above "
+                       f"(and in {log_file() or 'the log file'})")
 
 
 class _Terminated(SystemExit):
@@ -233,6 +239,8 @@ def _child(tmp: str, netns: bool, parent: int) -> None:
     if netns:
         _loopback_up()
     task_cls, cfg, faults = pickle.loads(Path(tmp, "job.pkl").read_bytes())
+    from .logs import setup_child
+    setup_child()
     try:
         out = ("ok", launch(task_cls, cfg, faults=faults))
     except UserError as err:

@@ -15,6 +15,7 @@ Dropout is re-seeded from (seed, step, rank) every step, so resumed runs match w
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -30,9 +31,12 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, deepspeed_settings, to_dict
+from .logs import StepProgress, setup_worker
 from .sources import DataError, Mixture
 from .stream import Feed
 from .tracking import Tracker, git_commit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,6 +148,8 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     selects and stops exactly as an uninterrupted one."""
     import deepspeed
 
+    if under_ray:
+        setup_worker()
     faults = faults or Faults()
 
     ctx = _ray_context() if under_ray else _plain_context()
@@ -175,8 +181,8 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     tracker = Tracker(cfg.wandb, full_config, run_dir, cfg.ray.name, ctx.rank)
     if ctx.rank == 0:
         where = f"resumed from {resume_dir} at step {state['step']}" if resume_dir else "fresh start"
-        print(f"[engine] {task.kind}: {ctx.world_size} worker(s), ZeRO {cfg.deepspeed.zero_stage}, "
-              f"{'bf16' if bf16 else 'fp32'} on {ctx.device.type} ({torch.get_num_threads()} threads); {where}", flush=True)
+        log.info(f"{task.kind}: {ctx.world_size} worker(s), ZeRO {cfg.deepspeed.zero_stage}, "
+                 f"{'bf16' if bf16 else 'fp32'} on {ctx.device.type} ({torch.get_num_threads()} threads); {where}")
 
     agree = _agreement(ctx)
     feed = Feed(task.train_data(), cfg, task, rank=ctx.rank, world=ctx.world_size, agree=agree, use_ray=under_ray)
@@ -193,11 +199,14 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     epochs_done = lambda: bool(cfg.train.max_epochs) and state["epoch"] >= cfg.train.max_epochs  # noqa: E731
     done = state["step"] >= cfg.train.max_steps or state.get("stopped", False) or epochs_done()
     epoch_start = time.perf_counter()
+    progress: StepProgress | None = None
 
     def report(metrics: dict, save: bool) -> None:
         """Log on rank 0; checkpoint (every rank) or report to Ray Train without one."""
         metrics.update(selection.summary())
         tracker.log(metrics, state["step"])
+        if ctx.rank == 0:
+            log.info(progress.line(state["step"], metrics))
         if save:
             weights = selection.weights if selection.active else None
             _checkpoint(engine, task, cfg, ctx, state, metrics, run_dir, commit, weights)
@@ -212,10 +221,16 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
             raise DataError(f"{cfg.data.train}: no trainable proteins (all shorter than data.min_length?)")
         if ctx.rank == 0 and state["batch_in_epoch"] == 0 and (state["epoch"] == 0 or not per_epoch):
             st = plan.stats
-            print(f"[engine] epoch {state['epoch']}: {plan.batches} batches per rank ({plan.own_batches} on rank 0 "
-                  f"before fillers), {st.proteins} proteins -> {st.pieces} pieces ({st.long_proteins} longer than "
-                  f"{cfg.data.max_length} {'windowed' if cfg.data.long_proteins == 'window' else 'cropped'}, "
-                  f"{st.skipped_short} too short), padding efficiency {plan.padding_efficiency:.3f}", flush=True)
+            log.info(f"epoch {state['epoch']}: {plan.batches} batches per rank ({plan.own_batches} on rank 0 "
+                     f"before fillers), {st.proteins} proteins -> {st.pieces} pieces ({st.long_proteins} longer than "
+                     f"{cfg.data.max_length} {'windowed' if cfg.data.long_proteins == 'window' else 'cropped'}, "
+                     f"{st.skipped_short} too short), padding efficiency {plan.padding_efficiency:.3f}")
+        if progress is None:  # the step total once the first epoch's plan is known
+            per_epoch_steps = max(1, plan.batches // accum)
+            total = cfg.train.max_steps
+            if cfg.train.max_epochs:
+                total = min(total, cfg.train.max_epochs * per_epoch_steps)
+            progress = StepProgress(total)
         stream = feed.batches(plan, state["epoch"], start=state["batch_in_epoch"])
         for ready in stream:
             index = ready.index
@@ -266,10 +281,9 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
                 report(metrics, save=True)
                 last = metrics
                 if ctx.rank == 0:
-                    print(f"[engine] epoch {state['epoch']}: " + ", ".join(
+                    log.info(f"epoch {state['epoch']}: " + ", ".join(
                         f"{k} {v:.4g}" for k, v in metrics.items()
-                        if k in ("loss", "eval_loss", "seconds_per_epoch", "best_epoch") or k == f"eval_{selection.metric}"),
-                        flush=True)
+                        if k in ("loss", "eval_loss", "seconds_per_epoch", "best_epoch") or k == f"eval_{selection.metric}"))
             elif epochs_done():
                 metrics = window.reduce(ctx, task)
                 metrics.update(lr=scheduler_lr(engine), step=state["step"], epoch=state["epoch"])

@@ -1,21 +1,40 @@
-"""Starting or joining Ray, the same way for every entry point."""
+"""Starting or joining Ray, the same way for every entry point, and quietly: Ray's own messages go
+to the log file and Ray's session directory, not the terminal (engine.logs)."""
 from __future__ import annotations
 
+import logging
 import os
+
+# Ray settings every process of ours wants, set before Ray starts (its workers inherit them).
+RAY_ENV = {
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL": "15",  # Ray Data's progress where stdout is no terminal
+}
 
 
 def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True):
     """Join the cluster named by RAY_ADDRESS (set inside `ray job submit` jobs), else start a
     private local Ray on loopback without dashboard. `address="local"` matters: without it Ray
-    would join any `ray start` cluster that happens to run on this machine."""
+    would join any `ray start` cluster that happens to run on this machine. Workers' output
+    reaches this driver filtered: only this project's lines (engine.logs.forward_worker_lines)."""
     import ray
+
+    from .logs import forward_worker_lines, quiet_ray
 
     if ray.is_initialized():
         return ray
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    quiet_ray()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+        context = ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver,
+                           configure_logging=False)
     else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=log_to_driver, configure_logging=False)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                           _node_ip_address="127.0.0.1", log_to_driver=log_to_driver, configure_logging=False)
+    if log_to_driver:
+        forward_worker_lines()
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    if session:
+        logging.getLogger("ray").info("Ray session logs: %s/logs", session)
     return ray

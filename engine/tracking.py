@@ -1,4 +1,4 @@
-"""Weights & Biases from rank 0 only, plus a one-line progress print.
+"""Weights & Biases from rank 0 only (the progress line is engine.logs.StepProgress).
 
 The run carries the full config, the git commit, group and tags from the config. Without
 WANDB_API_KEY (mode "auto") it runs offline; the key itself is never copied into configs, logs or
@@ -37,7 +37,7 @@ def wandb_mode(mode: str) -> str:
 
 
 class Tracker:
-    """Logs metrics on rank 0 (W&B + stdout); a no-op object on other ranks."""
+    """Logs metrics on rank 0 (W&B + metrics.jsonl); a no-op object on other ranks."""
 
     def __init__(self, wandb_cfg, config: dict, run_dir: Path, run_name: str, rank: int):
         self.rank = rank
@@ -66,8 +66,6 @@ class Tracker:
     def log(self, metrics: dict, step: int) -> None:
         if self.rank != 0:
             return
-        shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-        print(f"[step {step}] {shown}", file=sys.stdout, flush=True)
         with open(self.jsonl, "a") as fh:
             fh.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:

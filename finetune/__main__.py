@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,8 @@ from engine.errors import run_cli
 from engine.ray_env import ensure_ray
 
 from .errors import FinetuneError
+
+log = logging.getLogger("finetune")
 
 
 def _config(args):
@@ -31,7 +34,9 @@ def _init_ray(num_cpus: int | None):
     if not ray.is_initialized():
         ensure_ray(num_cpus, log_to_driver=False)
         from ray.data import DataContext
-        DataContext.get_current().enable_progress_bars = False
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = True  # Ray Data's own progress for extraction (engine.logs shows it)
+        ctx.print_on_execution_start = False
 
 
 def cmd_embed(args) -> None:
@@ -44,8 +49,9 @@ def cmd_embed(args) -> None:
     if not args.local:
         _init_ray(args.num_cpus)
     manifest = run_embed(args.model, args.data, args.out, cfg, hdf5=args.hdf5, use_ray=not args.local)
-    print(f"[finetune] embedded {manifest['rows']} proteins ({manifest['residues']} residues, dim {manifest['dim']}, "
-          f"{manifest['chunked']} chunked) with {manifest['model']} in {manifest['seconds']}s -> {args.out}")
+    log.info(f"embedded {manifest['rows']} proteins ({manifest['residues']} residues, dim {manifest['dim']}, "
+             f"{manifest['chunked']} chunked) with {manifest['model']} in {manifest['seconds']}s -> {args.out}")
+    print(json.dumps({"out": args.out, **{k: manifest.get(k) for k in ("rows", "residues", "dim", "chunked", "seconds")}}))
 
 
 def _finish(rows, args, cfg, per_residue: bool):
@@ -57,7 +63,7 @@ def _finish(rows, args, cfg, per_residue: bool):
     if not args.no_wandb:
         mode = log_results(rows, {**to_dict(cfg), "embedder": name}, cfg.wandb, name=f"{name}-results",
                            group=args.group, out=args.out)
-        print(f"[finetune] W&B results run logged ({mode})")
+        log.info(f"W&B results run logged ({mode})")
     print(text)
 
 
@@ -149,7 +155,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_table)
 
     args = parser.parse_args(argv)
-    return run_cli(lambda: args.func(args))
+    return run_cli(lambda: args.func(args), "finetune")
 
 
 if __name__ == "__main__":

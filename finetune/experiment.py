@@ -9,6 +9,7 @@ best validation loss (the engine's selection). The test set is read only after t
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from .data import load_embeddings
 from .errors import FinetuneError
 from .report import confusion_png, write_results
 from .task import HeadTask
+
+_logger = logging.getLogger(__name__)
 
 PROTEIN_METHODS = ("la", "mlp", "at", "majority")
 
@@ -150,14 +153,16 @@ def _trained(cfg: FinetuneConfig, head: str, seed: int, out: Path, name: str, lo
     selected = config["train"].get("selected") or {}
     info = {"best_epoch": selected.get("epoch"), "epochs_run": metrics.get("epoch"),
             "best_val_loss": selected.get("value"), "seconds_per_epoch": round(metrics.get("seconds_per_epoch", 0.0), 3)}
-    log(f"[finetune] {name}: best epoch {info['best_epoch']} of {info['epochs_run']} "
+    log(f"{name}: best epoch {info['best_epoch']} of {info['epochs_run']} "
         f"(val loss {info['best_val_loss']:.4f}), {info['seconds_per_epoch']} s/epoch")
     return run_cfg, task, model, info
 
 
 def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
-                methods: tuple[str, ...] = PROTEIN_METHODS, local: bool = False, log=print) -> list[dict]:
-    """DeepLoc localisation (+ membrane) with every method; writes results and runs under `out`."""
+                methods: tuple[str, ...] = PROTEIN_METHODS, local: bool = False, log=None) -> list[dict]:
+    """DeepLoc localisation (+ membrane) with every method; writes results and runs under `out`.
+    `log` takes each progress line (default: this module's logger)."""
+    log = log or _logger.info
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(methods) - set(PROTEIN_METHODS)
@@ -177,12 +182,12 @@ def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
     split_info = {"validation": how, "train": len(train_loc) if keep is None else len(keep),
                   "valid": len(read_column(cfg.data.valid, "length")) if held is None else len(held),
                   "excluded_from_location_loss": int((train_loc < 0).sum())}
-    log(f"[finetune] {embedder}: train {split_info['train']}, valid {split_info['valid']} ({how}); "
+    log(f"{embedder}: train {split_info['train']}, valid {split_info['valid']} ({how}); "
         f"{split_info['excluded_from_location_loss']} training rows without one of the 10 locations are left out "
         "of the location loss")
     membrane = {k: _has_membrane_labels(getattr(cfg.data, k)) for k in ("train", "test")}
     if not all(membrane.values()):
-        log(f"[finetune] {embedder}: no M/S membrane labels in the {' and '.join(k for k, v in membrane.items() if not v)}"
+        log(f"{embedder}: no M/S membrane labels in the {' and '.join(k for k, v in membrane.items() if not v)}"
             " set: membrane metrics are null (shown as –)")
     score_membrane = all(membrane.values())
     rows: list[dict] = []
@@ -205,7 +210,7 @@ def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
                 per_seed.append(row)
                 # written after every seed: a later failure keeps the seeds already done
                 write_results(rows + [_seed_summary(per_seed, extra)], out, title)
-                log(f"[finetune] {embedder} {method} seed {seed}: Q10 {row['q10']:.3f}")
+                log(f"{embedder} {method} seed {seed}: Q10 {row['q10']:.3f}")
             row = _seed_summary(per_seed, extra)
         else:
             if reference is None:  # nothing to fit: every training protein (hold-out included) is a reference
@@ -216,7 +221,7 @@ def run_protein(cfg: FinetuneConfig, out: str | Path, embedder: str = "",
             membrane_pred = _baseline(method, train, test, "membrane_id") if score_membrane else None
             row = _protein_row(test.labels["location_id"], location, test.labels.get("membrane_id"), membrane_pred, cfg)
             row.update(extra)
-            log(f"[finetune] {embedder} {method}: Q10 {row['q10']:.3f}")
+            log(f"{embedder} {method}: Q10 {row['q10']:.3f}")
         confusion_png(row["confusion"], list(LOCATIONS), out / f"confusion_{method}.png", f"{embedder} {method}")
         rows.append(row)
         write_results(rows, out, title)
@@ -248,8 +253,9 @@ def _seed_summary(per_seed: list[dict], extra: dict) -> dict:
 
 
 def run_residue(cfg: FinetuneConfig, out: str | Path, embedder: str = "", local: bool = False,
-                log=print) -> list[dict]:
+                log=None) -> list[dict]:
     """Secondary structure and disorder with the SeqVec CNN; one result row per test set."""
+    log = log or _logger.info
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.data.train or not cfg.data.test:
@@ -272,7 +278,7 @@ def run_residue(cfg: FinetuneConfig, out: str | Path, embedder: str = "", local:
             # has no test labels is null, never a number
             row.update(dict.fromkeys((k for k in RESIDUE_KEYS if k not in row)), **info, proteins=len(part), seed=seed)
             per_group.setdefault(group, []).append(row)
-        log(f"[finetune] {embedder} cnn seed {seed}: " + ", ".join(
+        log(f"{embedder} cnn seed {seed}: " + ", ".join(
             f"{g} Q3 {_fmt(r[-1]['q3'])} disorder MCC {_fmt(r[-1]['disorder_mcc'])}" for g, r in per_group.items()))
         rows = [_seed_summary(per_seed, {"embedder": embedder, "method": "cnn", "test_set": group, "tasks": list(tasks)})
                 for group, per_seed in per_group.items()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from engine.errors import run_cli
 from .config import EvalConfig, MultitaskConfig, load
 from .embed import load_model
 from .evaluate import eval_sets, evaluate, markdown_table, write_report
+
+log = logging.getLogger("multitask")
 
 
 def train(cfg: MultitaskConfig, use_ray: bool = True, final_eval: bool = True) -> dict:
@@ -69,8 +72,8 @@ def evaluate_checkpoint(path: str | Path, eval_cfg: EvalConfig | None = None, ou
              "protein_max_length": eval_cfg.protein_max_length,
              "seconds": round(time.perf_counter() - start, 1)}
     json_path, md_path = write_report(results, out_dir or (ckpt if path == ckpt else path), extra)
-    print(markdown_table(results), end="")
-    print(f"[multitask] evaluation written to {json_path} and {md_path}")
+    print(markdown_table(results), end="")  # the result, on stdout
+    log.info(f"evaluation written to {json_path} and {md_path}")
     return results
 
 
@@ -90,7 +93,7 @@ def export_run(path: str | Path, out: str | Path, layers: list[int] | None = Non
         cfg_path.write_text(json.dumps(config, indent=2) + "\n")
     from .embed import load_embedder
     load_embedder(out)  # proves the export loads (and the layer choice is valid) before we say so
-    print(f"[multitask] exported {out}")
+    log.info(f"exported {out}")
     return out
 
 
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             cfg = load(args.config, args.set)
             result = train(cfg, use_ray=not args.no_ray, final_eval=not args.no_eval)
-            print(f"[multitask] run directory {result['run_dir']}")
+            log.info(f"run directory {result['run_dir']}")
             if args.export:
                 export_run(result["run_dir"], args.export)
         elif args.command == "eval":
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             export_run(args.run, args.out, args.layers, args.mix)
 
-    return run_cli(body)
+    return run_cli(body, "multitask")
 
 if __name__ == "__main__":
     sys.exit(main())

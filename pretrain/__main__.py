@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from pathlib import Path
 
 from engine.config import ConfigError, add_override_args, print_resolved
 from engine.errors import run_cli
 from engine.sources import DataError
+
+log = logging.getLogger("pretrain")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--out", help="write the result as JSON here too")
     args = parser.parse_args(argv)
     commands = {"train": _train, "export": _export, "eval": _eval}
-    return run_cli(lambda: commands[args.command](args))
+    return run_cli(lambda: commands[args.command](args), "pretrain")
 
 
 def _train(args) -> int:
@@ -53,7 +57,8 @@ def _train(args) -> int:
         from engine.launch import launch
         metrics = launch(BiLSTMTask, cfg)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    print(f"done: {shown}")
+    log.info(f"trained to step {shown.get('step')}: run directory {shown.get('run_dir')}")
+    print(json.dumps(shown, default=str))  # the result, on stdout
     return 0
 
 
@@ -81,7 +86,8 @@ def _export(args) -> int:
         config["embedding"] = {**config.get("embedding", {}), **chosen}
         path.write_text(json.dumps(config, indent=2) + "\n")
         load_embedder(out)  # a sum of layers of unequal widths is refused here, naming the key
-    print(f"exported {out} (model.safetensors, config.json, tokenizer.json)")
+    log.info(f"exported {out} (model.safetensors, config.json, tokenizer.json)")
+    print(json.dumps({"out": str(out)}))
     return 0
 
 

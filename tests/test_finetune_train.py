@@ -102,7 +102,7 @@ def test_test_set_without_membrane_labels_evaluates_and_results_are_written_per_
         pass
 
     def log(line: str) -> None:
-        if line.startswith("[finetune] onehot-mlp-seed1:"):  # the second seed finished training
+        if line.startswith("onehot-mlp-seed1:"):  # the second seed finished training
             raise Interrupted
 
     cfg = head_cfg("train.max_epochs=1", "train.seeds=[0,1]", train=small_deeploc["train"], test=small_deeploc["test"])
