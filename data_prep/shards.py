@@ -1,6 +1,8 @@
 """Reading and writing shard directories (layout in docs/contracts.md).
 
-OUT/data/part-*.parquet, OUT/rejects/part-*.parquet and OUT/manifest.json.
+OUT/data/part-*.parquet, OUT/rejects/part-*.parquet, OUT/manifest.json and OUT/README.md (a
+Hugging Face dataset card whose `configs:` point `datasets.load_dataset(OUT)` at the data files
+only, so the rejects and the manifest never join its train split).
 
 Schema version 2: per-residue columns are `binary`, one fixed-width value per residue (tokens and
 PSSM percentages uint8, labels int8), built by `pack_residues` and read by `residue_arrays`.
@@ -148,5 +150,31 @@ def write_manifest(out: str | Path, *, kind: str, rows: int, residues: int, sour
                 "vocab_hash": vocab_hash(), **extra}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_dataset_card(out, manifest)
     return manifest
+
+
+def _reject_rows(out: str | Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(rejects_dir(out).glob("*.parquet")))
+
+
+def write_dataset_card(out: str | Path, manifest: dict) -> Path:
+    """OUT/README.md: a dataset card whose `configs:` name the data files, so that
+    `datasets.load_dataset(OUT)` reads exactly the written rows. The rejects get their own config
+    only when they hold rows (datasets cannot read a Parquet file without rows)."""
+    configs = [("default", "data/*.parquet")]
+    if rejects_dir(out).is_dir() and _reject_rows(out):
+        configs.append(("rejects", "rejects/*.parquet"))
+    yaml = "".join(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {glob}\n"
+                   for name, glob in configs)
+    loads = "\n".join(f'datasets.load_dataset("{Path(out).name}"{"" if n == "default" else f", {n!r}"})'
+                       f'  # {g}' for n, g in configs)
+    text = (f"---\nconfigs:\n{yaml}---\n\n# protlm shards: {manifest['kind']}\n\n"
+            f"{manifest['rows']} rows, {manifest['residues']} residues, schema version "
+            f"{manifest['schema_version']} (columns: docs/contracts.md of protlm; per-residue columns "
+            f"are binary, one value per residue). Counts, sources and reject reasons are in "
+            f"manifest.json.\n\n```python\nimport datasets\n{loads}\n```\n")
+    path = Path(out) / "README.md"
+    path.write_text(text)
+    return path
 

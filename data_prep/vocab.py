@@ -38,11 +38,23 @@ def build_tokenizer():
     return tok
 
 
+# Which special token plays which role for transformers (tokenizer_config.json).
+SPECIAL_ROLES = {"pad_token": PAD, "mask_token": MASK, "unk_token": UNK, "cls_token": BOS, "bos_token": BOS,
+                 "eos_token": EOS}
+
+
 def save_tokenizer(path: str | Path) -> Path:
-    """Write tokenizer.json (PreTrainedTokenizerFast-loadable) to `path` (a file or a directory)."""
+    """Write tokenizer.json (PreTrainedTokenizerFast-loadable) to `path` (a file or a directory).
+    A directory also gets tokenizer_config.json and special_tokens_map.json, so that
+    `transformers.AutoTokenizer.from_pretrained(DIR)` knows the class and pad/mask/unk without
+    reading config.json (which is ours, not a transformers model config)."""
     path = Path(path)
     if path.is_dir() or path.suffix != ".json":
         path.mkdir(parents=True, exist_ok=True)
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **SPECIAL_ROLES,
+                  "model_max_length": 1_000_000_000, "clean_up_tokenization_spaces": False}
+        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (path / "special_tokens_map.json").write_text(json.dumps(SPECIAL_ROLES, indent=2) + "\n")
         path = path / "tokenizer.json"
     build_tokenizer().save(str(path))
     return path
@@ -52,10 +64,7 @@ def load_hf_tokenizer(path: str | Path):
     """Load tokenizer.json as a `transformers.PreTrainedTokenizerFast` with our special tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(path), pad_token=PAD, mask_token=MASK, cls_token=BOS,
-        bos_token=BOS, eos_token=EOS, unk_token=UNK,
-    )
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), **SPECIAL_ROLES)
 
 
 def vocab_hash() -> str:

@@ -8,6 +8,9 @@ bounded for any length and no protein is dropped. Chunked rows are flagged and c
 Output layout (a shard directory, docs/finetune.md):
   id, length, embedding (large_binary: float16 [length, dim] row-major), pooled (list<float32>,
   the per-residue mean), chunked (bool), plus the label columns of the input shards.
+HDF5 in the bio_embeddings convention (one dataset per protein id, attribute `original_id`):
+  OUT/reduced_embeddings_file.h5 always (the pooled float32 [dim] vector per protein), and the
+  per-residue float16 [length, dim] file where `--hdf5 FILE` asks for it.
 """
 from __future__ import annotations
 
@@ -148,8 +151,16 @@ class _EmbedActor:
         return embed_table(self.batcher, batch)
 
 
+REDUCED_HDF5 = "reduced_embeddings_file.h5"  # bio_embeddings' name for per-protein vectors
+
+
+def _h5_key(pid: str) -> str:
+    return pid.replace("/", "_")  # '/' would make an HDF5 group; original_id keeps the real id
+
+
 class EmbeddingWriter:
-    """Streams embedding rows into part-*.parquet files (and optionally one HDF5 file)."""
+    """Streams embedding rows into part-*.parquet files, the reduced HDF5 file and optionally the
+    per-residue HDF5 file."""
 
     def __init__(self, out: Path, rows_per_shard: int, hdf5: str | None):
         self.out, self.rows_per_shard = Path(out), rows_per_shard
@@ -159,11 +170,13 @@ class EmbeddingWriter:
             old.unlink()
         self.shard, self.writer, self.in_shard = 0, None, 0
         self.rows = self.residues = self.chunked = 0
+        import h5py
+
         self.h5 = None
         if hdf5:
-            import h5py
             Path(hdf5).parent.mkdir(parents=True, exist_ok=True)
             self.h5 = h5py.File(hdf5, "w")
+        self.reduced = h5py.File(self.out / REDUCED_HDF5, "w")
 
     def write(self, table: pa.Table, dim: int) -> None:
         start = 0
@@ -180,13 +193,16 @@ class EmbeddingWriter:
         self.rows += table.num_rows
         self.residues += int(pa.compute.sum(table.column("length")).as_py() or 0)
         self.chunked += int(pa.compute.sum(table.column("chunked").cast(pa.int32())).as_py() or 0)
+        ids = table.column("id").to_pylist()
+        pooled = table.column("pooled").to_numpy(zero_copy_only=False)
+        for pid, vector in zip(ids, pooled):
+            self.reduced.create_dataset(_h5_key(pid), data=np.asarray(vector, np.float32)).attrs["original_id"] = pid
         if self.h5 is not None:
-            for pid, length, emb, pooled in zip(*(table.column(c).to_pylist() for c in ("id", "length", "embedding")),
-                                                 table.column("pooled").to_numpy(zero_copy_only=False)):
-                key = pid.replace("/", "_")
-                ds = self.h5.create_dataset(key, data=np.frombuffer(emb, np.float16).reshape(length, dim))
+            for pid, length, emb, vector in zip(ids, table.column("length").to_pylist(),
+                                                table.column("embedding").to_pylist(), pooled):
+                ds = self.h5.create_dataset(_h5_key(pid), data=np.frombuffer(emb, np.float16).reshape(length, dim))
                 ds.attrs["original_id"] = pid
-                ds.attrs["pooled"] = np.asarray(pooled, np.float32)
+                ds.attrs["pooled"] = np.asarray(vector, np.float32)
 
     def _roll(self):
         if self.writer is not None:
@@ -196,6 +212,7 @@ class EmbeddingWriter:
 
     def close(self):
         self._roll()
+        self.reduced.close()
         if self.h5 is not None:
             self.h5.close()
 
@@ -273,4 +290,4 @@ def run_embed(model: str, data_dir: str | Path, out: str | Path, cfg: EmbedConfi
         embedding_layout="large_binary float16 [length, dim] row-major; pooled = mean over residues",
         model=describe(model), model_path=str(model), source_kind=source.get("kind"),
         chunked=writer.chunked, chunk_residues=cfg.chunk_residues, seconds=round(seconds, 2),
-        hdf5=str(hdf5) if hdf5 else None)
+        hdf5=str(hdf5) if hdf5 else None, reduced_hdf5=REDUCED_HDF5)

@@ -49,17 +49,24 @@ def write_results(rows: list[dict], out: str | Path, title: str, per_residue: bo
 
 
 def log_results(rows: list[dict], config: dict, wandb_cfg, name: str, group: str, out: str | Path) -> str:
-    """The results table as one run of the engine's tracker (W&B offline unless WANDB_API_KEY is
-    set; metrics.jsonl under `out`); the per-seed training runs are tracked by the engine itself."""
+    """The results table and the location confusion matrices as one run of the engine's tracker
+    (W&B offline unless WANDB_API_KEY is set; metrics.jsonl and run.json under `out`); the per-seed
+    training runs (their curves) are tracked by the engine itself."""
     from dataclasses import replace
 
     from engine.tracking import Tracker, wandb_mode
 
+    from data_prep.labels import LOCATIONS
+
     cfg = replace(wandb_cfg, group=group or wandb_cfg.group, dir=wandb_cfg.dir or str(out))
-    tracker = Tracker(cfg, config, Path(out), name, rank=0)
+    tracker = Tracker(cfg, config, Path(out), name, rank=0, job_type="finetune-results")
     flat = {f"{row.get('test_set', 'test')}/{row['method']}/{k}": v for row in rows for k, v in row.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tracker.log(flat, 0)
+    for row in rows:  # per-protein rows carry the location confusion matrix (confusion_<method>.png)
+        if row.get("confusion") is not None:
+            tracker.log_confusion(f"{row.get('test_set', 'test')}/{row['method']}/confusion", row["confusion"],
+                                  list(LOCATIONS), 0)
     tracker.finish()
     return wandb_mode(cfg.mode)
 

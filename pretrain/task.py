@@ -48,7 +48,7 @@ class BiLSTMTask(Task):
                 "vocab_hash": vocab_hash()}
 
     def write_export_files(self, directory: Path):
-        save_tokenizer(Path(directory) / "tokenizer.json")
+        save_tokenizer(Path(directory))  # tokenizer.json + the transformers configs
 
 
 def collate_rows(rows: list[dict], starts: np.ndarray, lengths: np.ndarray) -> dict[str, torch.Tensor]:
