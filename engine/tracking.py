@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +115,3 @@ def metric_goal(key: str) -> str:
     if parts & {"acc", "accuracy", "q2", "q3", "q8", "q10", "mcc"} and not parts & {"se", "std", "fpr"}:
         return "max"
     return "last"
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO
 from ops.local_cluster import VENV_BIN, LocalCluster, netns_available
-from ops.wandb_runs import load_runs
+from ops.runs import load_runs
 
 from _pretrain_shards import build_shards
 

@@ -1,77 +1,150 @@
-"""Run comparison reads real offline W&B runs and tabulates the right numbers."""
+"""Run comparison: reads the engine's own run files (metrics.jsonl, run.json, checkpoint config)
+and finetune results.json, compares like with like, and reads online runs through wandb.Api()."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
+from engine.config import WandbSection
+from engine.tracking import Tracker
 from ops.compare import comparison, main
-from ops.wandb_runs import RunReadError, load_runs, read_offline_run
+from ops.runs import RunReadError, load, load_runs
 
-WRITER = """
-import sys, wandb
-name, lr, decay = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-run = wandb.init(project="protlm-test", group="cmp", name=name, tags=["t"], dir=sys.argv[4],
-                 config={"train": {"lr": lr, "steps": 40}, "model": "bilstm"})
-for step in range(40):
-    run.log({"train/loss": 3.0 * decay ** step, "train/lr": lr}, step=step)
-run.summary["eval/q10"] = 0.5 + lr
-run.finish()
-"""
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(storage: Path, name: str, task: str, config: dict, decay: float, steps: int = 20,
+              resumed_at: int | None = None) -> Path:
+    """A run as the engine writes it: run.json and metrics.jsonl from engine.tracking.Tracker
+    (W&B disabled). `resumed_at` repeats the later steps, as a run resumed from a checkpoint does."""
+    tracker = Tracker(WandbSection(mode="disabled", group="cmp"), {"task": task, **config}, storage / name, name, 0)
+    todo = list(range(1, steps + 1)) + (list(range(resumed_at + 1, steps + 1)) if resumed_at else [])
+    for step in todo:
+        ce = 3.0 * decay ** step
+        tracker.log({"loss": ce, "ce": ce, "perplexity": 2.718 ** ce, "lr": 1e-3, "residues": 100.0}, step)
+    tracker.finish()
+    return storage / name
+
+
+def write_results(path: Path, embedder: str, q10: float) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [{"embedder": embedder, "method": "la", "q10": q10, "q10_se": 0.02, "mcc": q10 - 0.1, "mcc_se": 0.03},
+            {"embedder": embedder, "method": "majority", "q10": 0.29, "q10_se": 0.01, "mcc": 0.0, "mcc_se": 0.0}]
+    (path / "results.json").write_text(json.dumps(rows))
+    (path / "metrics.jsonl").write_text(json.dumps({"step": 0, "test/la/q10": q10}) + "\n")  # the results run
+    return path
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wandb_runs")
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin"}
-    for name, lr, decay in [("fast", 0.1, 0.9), ("slow", 0.01, 0.99)]:
-        subprocess.run([sys.executable, "-c", WRITER, name, str(lr), str(decay), str(root)],
-                       check=True, env=env, timeout=120)
+def demo_like(tmp_path_factory):
+    """Two biLSTM variants, an encoder, and finetune results of two embedders plus a merged table."""
+    root = tmp_path_factory.mktemp("cmp")
+    model = {"model": {"shared_directions": True, "hidden": 64}, "ray": {"name": "x", "storage_path": str(root)}}
+    write_run(root / "ray", "ce_kl", "bilstm", {**model, "loss": {"w_kl": 0.75}}, 0.95, resumed_at=12)
+    write_run(root / "ray", "ce_only", "bilstm", {**model, "loss": {"w_kl": 0.0}}, 0.9)
+    write_run(root / "runs", "multitask", "encoder", {"model": {"dim": 32}}, 0.8, steps=10)
+    write_results(root / "finetune" / "onehot", "onehot", 0.40)
+    write_results(root / "finetune" / "bilstm", "bilstm", 0.55)
+    merged = json.loads((root / "finetune/onehot/results.json").read_text()) + \
+        json.loads((root / "finetune/bilstm/results.json").read_text())
+    (root / "finetune" / "results.json").write_text(json.dumps(merged))
     return root
 
 
-def test_offline_runs_decode_history_config_and_summary(two_runs):
-    runs = {r.name: r for r in load_runs([str(two_runs)])}
-    assert set(runs) == {"fast", "slow"}
-    fast = runs["fast"]
-    assert fast.group == "cmp" and fast.tags == ["t"]
-    assert fast.config["train"] == {"lr": 0.1, "steps": 40}
-    steps, losses = fast.series("train/loss")
-    assert steps == list(range(40))
-    assert losses[0] == pytest.approx(3.0) and losses[-1] == pytest.approx(3.0 * 0.9 ** 39)
-    assert fast.summary["eval/q10"] == pytest.approx(0.6)
+def test_reads_the_engines_run_files_and_compares_within_a_kind(demo_like):
+    runs, results = load([str(demo_like)])
+    by_name = {r.name: r for r in runs}
+    assert set(by_name) == {"ce_kl", "ce_only", "multitask"} and len(results) == 3
+    ce_kl = by_name["ce_kl"]
+    assert ce_kl.job_type == "bilstm" and ce_kl.group == "cmp" and ce_kl.config["loss"]["w_kl"] == 0.75
+    steps, ce = ce_kl.series("ce")
+    assert steps == list(range(1, 21))  # the resumed steps once each
+    assert ce[-1] == pytest.approx(3.0 * 0.95 ** 20)
+    assert ce_kl.series("ce", "residues")[0][:3] == [100.0, 200.0, 300.0]
+    table = comparison(runs, results)
+    assert set(table["training"]) == {"bilstm", "encoder"}  # never a biLSTM next to the encoder
+    bilstm = table["training"]["bilstm"]
+    assert [r["run"] for r in bilstm["runs"]] == ["ce_kl", "ce_only"]
+    assert bilstm["config_differences"] == {"loss.w_kl": [0.75, 0.0]}  # not the run names or paths
+    assert bilstm["metrics"][0] == "loss" and "lr" not in bilstm["metrics"]
+    only = bilstm["runs"][1]["ce"]
+    assert only["last"] == only["best"] == pytest.approx(3.0 * 0.9 ** 20)
+    # the merged table repeats the per-embedder rows: each row once
+    assert sorted((r["embedder"], r["method"]) for r in table["results"]) == \
+        [("bilstm", "la"), ("bilstm", "majority"), ("onehot", "la"), ("onehot", "majority")]
+    assert table["result_metrics"] == ["q10", "mcc"]
 
 
-def test_comparison_table_and_plots(two_runs, tmp_path):
-    assert main([str(two_runs), "--out", str(tmp_path), "--metrics", "train/loss"]) == 0
-    table = json.loads((tmp_path / "comparison.json").read_text())
-    rows = {r["run"]: r for r in table["runs"]}
-    assert rows["slow"]["train/loss"]["last"] == pytest.approx(3.0 * 0.99 ** 39)
-    assert rows["fast"]["train/loss"]["min"] == pytest.approx(3.0 * 0.9 ** 39)
-    assert table["config_differences"] == {"train.lr": [0.1, 0.01]} or \
-        table["config_differences"] == {"train.lr": [0.01, 0.1]}
-    assert table["summary"]["fast"]["eval/q10"] == pytest.approx(0.6)
-    md = (tmp_path / "comparison.md").read_text()
-    assert "| fast |" in md and "train.lr" in md
-    png = tmp_path / "curve_train_loss.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_cli_writes_tables_and_plots(demo_like, tmp_path, capsys):
+    ray = demo_like / "ray"
+    # the proof's command line
+    assert main([str(ray / "ce_kl"), str(ray / "ce_only"), "--out", str(tmp_path / "a"),
+                 "--metrics", "ce,perplexity,loss"]) == 0
+    table = json.loads((tmp_path / "a" / "comparison.json").read_text())
+    assert table["training"]["bilstm"]["metrics"] == ["ce", "perplexity", "loss"]
+    assert (tmp_path / "a" / "curves_bilstm.png").read_bytes()[:8] == PNG
+    assert not (tmp_path / "a" / "results.png").exists()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "bilstm: ce_kl, ce_only" in out  # one line, no table dump
+
+    assert main([str(demo_like), "--out", str(tmp_path / "b"), "--x", "residues"]) == 0
+    md = (tmp_path / "b" / "comparison.md").read_text()
+    assert "## Training runs: bilstm" in md and "## Training runs: encoder" in md
+    assert "| loss.w_kl | 0.75 | 0 |" in md and "ray.name" not in md and "None" not in md
+    assert "| bilstm | la | – | 0.55 ± 0.02 | 0.45 ± 0.03 |" in md
+    for png in ("curves_bilstm.png", "curves_encoder.png", "results.png"):
+        assert (tmp_path / "b" / png).read_bytes()[:8] == PNG
 
 
-def test_bad_inputs_give_clear_errors(tmp_path, capsys):
-    with pytest.raises(RunReadError, match="no run-"):
-        read_offline_run(tmp_path)
-    bad = tmp_path / "offline-run-x"
-    bad.mkdir()
-    (bad / "run-x.wandb").write_bytes(b"not a wandb file")
-    with pytest.raises(RunReadError, match="bad header"):
-        read_offline_run(bad)
+def test_runs_from_before_run_json_use_the_checkpoint_config(tmp_path):
+    run = write_run(tmp_path, "old", "bilstm", {"loss": {"w_kl": 0.5}}, 0.9, steps=4)
+    (run / "run.json").unlink()
+    ckpt = run / "checkpoint_00000004"
+    ckpt.mkdir()
+    (ckpt / "train_state.json").write_text(json.dumps({"step": 4}))
+    (ckpt / "model.safetensors").write_bytes(b"")
+    (ckpt / "config.json").write_text(json.dumps({"kind": "bilstm", "git_commit": "abc",
+                                                  "train": {"step": 4, "config": {"loss": {"w_kl": 0.5}}}}))
+    [old] = load_runs([str(run)])
+    assert old.name == "old" and old.job_type == "bilstm" and old.config["loss"] == {"w_kl": 0.5}
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    with pytest.raises(RunReadError, match="no training run"):
+        load([str(tmp_path)])
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(RunReadError, match=r"metrics.jsonl:2: not JSON"):
+        load([str(run)])
     assert main(["no/such/run/path/x", "--out", str(tmp_path / "o")]) == 2
-    assert "neither a local path" in capsys.readouterr().err
+    assert "neither a local run" in capsys.readouterr().err
 
 
-def test_api_runs_need_the_key_from_the_environment(monkeypatch):
+def test_online_runs_come_from_the_public_api(monkeypatch):
+    import wandb
+
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.raises(RunReadError, match="WANDB_API_KEY"):
         load_runs(["team/project/abc123"])
+
+    class FakeRun:
+        name, id, group, job_type, tags = "online", "abc123", "g", "bilstm", ["t"]
+        config = {"loss": {"w_kl": 0.75}}
+
+        def scan_history(self):
+            return [{"_step": 2, "step": 2, "ce": 2.0}, {"_step": 1, "step": 1, "ce": 3.0}]
+
+    class FakeApi:
+        def run(self, path):
+            assert path == "team/project/abc123"
+            return FakeRun()
+
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    [run] = load_runs(["team/project/abc123"])
+    assert (run.name, run.job_type, run.group) == ("online", "bilstm", "g")
+    assert run.series("ce") == ([1, 2], [3.0, 2.0])
+
