@@ -119,7 +119,8 @@ def _save_export(m: BiLSTMLM, tmp_path, combine="sum"):
 def test_export_reload_gives_identical_embeddings(tmp_path, shared, combine):
     m = model(shared, seed=3)
     out, emb = _save_export(m, tmp_path, combine)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json"]  # tokenizer_*: transformers.AutoTokenizer
     tokens, lengths = batch(SEQS)
     direct = BiLSTMEmbedder(m, emb).embed(tokens, lengths)
     loaded = load_embedder(out)

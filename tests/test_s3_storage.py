@@ -139,7 +139,8 @@ def test_checkpoints_resume_and_export_on_s3(shared_data, s3, tmp_path):
     # export straight from the bucket (the run's latest checkpoint), then load it like a downstream stage
     export_dir = tmp_path / "export"
     assert main(["export", "--run", run_uri, "--out", str(export_dir)]) == 0
-    assert sorted(p.name for p in export_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in export_dir.iterdir()) == ["config.json", "model.safetensors", "special_tokens_map.json",
+        "tokenizer.json", "tokenizer_config.json"]  # tokenizer_*: transformers.AutoTokenizer
     config, weights = load_export(export_dir, kind="bilstm")
     assert config["train"]["step"] == MAX_STEPS and weights
     assert load_embedder(export_dir).dim > 0
