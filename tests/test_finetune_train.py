@@ -223,6 +223,12 @@ def test_cli_deeploc_baselines_and_table(onehot_deeploc, tmp_path, capsys):
     assert [r["method"] for r in rows] == ["at", "majority", "mlp"] and rows[2]["seeds"] == 2
     assert rows[0]["q10"] > rows[1]["q10"]  # annotation transfer beats the majority class
     assert any((out / "wandb").glob("offline-run-*"))  # W&B ran offline
+    # the results run carries a confusion matrix per method; each head run logged its curves
+    tables = (out / "wandb").glob("offline-run-*/files/media/table/test/*/confusion_*.table.json")
+    assert sorted(t.parent.name for t in tables) == ["at", "majority", "mlp"]
+    head = out / "runs" / "onehot-mlp-seed0"
+    assert json.loads((head / "run.json").read_text())["job_type"] == "finetune-head"
+    assert any(head.glob("wandb/offline-run-*")) and len((head / "metrics.jsonl").read_text().splitlines()) >= 3
     assert main(["table", str(out), "--out", str(tmp_path / "t"), "--methods", "mlp,at,majority"]) == 0
     text = (tmp_path / "t" / "results.md").read_text()
     assert text.index("| onehot | mlp |") < text.index("| onehot | at |") and "±" in text
