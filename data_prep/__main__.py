@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from engine.errors import run_cli
@@ -180,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         return code
     result = results[0]
     summary = {k: result[k] for k in ("kind", "rows", "input_records", "rejected") if k in result} or result
-    print(json.dumps({"out": getattr(args, "out", None), **summary}))
+    if "rows" in summary:
+        rejected = ", ".join(f"{n} {why}" for why, n in (summary.get("rejected") or {}).items()) or "none rejected"
+        what = " ".join(filter(None, (args.command, getattr(args, "labels", None))))
+        logging.getLogger("data_prep").info(f"{what}: {summary['rows']} rows ({rejected}) -> {getattr(args, 'out', None)}")
+    print(json.dumps({"out": getattr(args, "out", None), **summary}))  # the result, on stdout
     return 0
 
 

@@ -55,7 +55,9 @@ class _Ours(logging.Filter):
         if record.name.split(".")[0] in STAGES:
             return True
         # of Ray Data's progress block (logged where stdout is no terminal) only the total
-        return record.name.startswith(_SHOWN_FOREIGN) and record.getMessage().startswith("Total Progress")
+        message = record.getMessage()
+        return record.name.startswith(_SHOWN_FOREIGN) and message.startswith("Total Progress") \
+            and not message.rstrip().endswith("/?")  # a total Ray Data does not know yet says nothing
 
 
 def console():
@@ -231,3 +233,22 @@ class StepProgress:
         if done > 0 and since > 0 and step < self.total:
             parts.append(f"ETA {format_seconds((self.total - step) * since / done)}")
         return ", ".join(parts)
+
+
+class CountProgress:
+    """'done/total (pct), rate, ETA' every `every` seconds for work counted in items (proteins)."""
+
+    def __init__(self, total: int, what: str, logger: logging.Logger, every: float = 10.0):
+        self.total, self.what, self.logger, self.every = max(int(total), 1), what, logger, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every or self.done >= self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        self.logger.info(f"{self.what}: {self.done}/{self.total} ({100 * self.done / self.total:.0f}%), "
+                         f"{rate:.3g}/s, ETA {format_seconds((self.total - self.done) / max(rate, 1e-9))}")

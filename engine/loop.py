@@ -31,7 +31,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, deepspeed_settings, to_dict
-from .logs import StepProgress, setup_worker
+from .logs import StepProgress, format_seconds, setup_worker
 from .sources import DataError, Mixture
 from .stream import Feed
 from .tracking import Tracker, git_commit
@@ -201,11 +201,12 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     epoch_start = time.perf_counter()
     progress: StepProgress | None = None
 
-    def report(metrics: dict, save: bool) -> None:
-        """Log on rank 0; checkpoint (every rank) or report to Ray Train without one."""
+    def report(metrics: dict, save: bool, step_line: bool = True) -> None:
+        """Log on rank 0 (a progress line unless the epoch line says it); checkpoint (every rank)
+        or report to Ray Train without one."""
         metrics.update(selection.summary())
         tracker.log(metrics, state["step"])
-        if ctx.rank == 0:
+        if ctx.rank == 0 and step_line:
             log.info(progress.line(state["step"], metrics))
         if save:
             weights = selection.weights if selection.active else None
@@ -278,12 +279,15 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
                 if valid is not None:
                     metrics.update(evaluate(task, engine, valid, cfg, ctx))
                     state["stopped"] = selection.update(metrics, state, engine)
-                report(metrics, save=True)
+                report(metrics, save=True, step_line=False)
                 last = metrics
                 if ctx.rank == 0:
-                    log.info(f"epoch {state['epoch']}: " + ", ".join(
+                    epochs = cfg.train.max_epochs or state["epoch"]
+                    left = max(epochs - state["epoch"], 0) * metrics["seconds_per_epoch"]
+                    log.info(f"epoch {state['epoch']}/{epochs}: " + ", ".join(
                         f"{k} {v:.4g}" for k, v in metrics.items()
-                        if k in ("loss", "eval_loss", "seconds_per_epoch", "best_epoch") or k == f"eval_{selection.metric}"))
+                        if k in ("loss", "eval_loss", "seconds_per_epoch", "best_epoch") or k == f"eval_{selection.metric}")
+                        + (f", ETA {format_seconds(left)}" if left else ""))
             elif epochs_done():
                 metrics = window.reduce(ctx, task)
                 metrics.update(lr=scheduler_lr(engine), step=state["step"], epoch=state["epoch"])

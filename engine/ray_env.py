@@ -32,7 +32,7 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True):
     else:
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                            _node_ip_address="127.0.0.1", log_to_driver=log_to_driver, configure_logging=False)
-    if log_to_driver:
+    if log_to_driver and not os.environ.get("RAY_ADDRESS"):  # a cluster job's log keeps all of Ray's
         forward_worker_lines()
     session = (getattr(context, "address_info", None) or {}).get("session_dir")
     if session:

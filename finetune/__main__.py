@@ -32,26 +32,63 @@ def _init_ray(num_cpus: int | None):
     import ray
 
     if not ray.is_initialized():
-        ensure_ray(num_cpus, log_to_driver=False)
+        ensure_ray(num_cpus)  # heads train on Ray Train workers: their progress lines come through
         from ray.data import DataContext
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = True  # Ray Data's own progress for extraction (engine.logs shows it)
         ctx.print_on_execution_start = False
 
 
+_EMBEDDING = {"total": 0, "what": "embedding"}  # what the progress line of the current run_embed counts
+
+
+def _with_progress(extract_module):
+    """Progress (count, rate, ETA every 10 s) for run_embed: its batch sources are wrapped,
+    because finetune.extract's loop has no progress hook of its own."""
+    from engine.logs import CountProgress
+
+    def counted(source):
+        def batches(*a, **kw):
+            progress = CountProgress(_EMBEDDING["total"], _EMBEDDING["what"], log)
+            for batch in source(*a, **kw):
+                progress.add(batch.num_rows)
+                yield batch
+        batches.counted = True
+        return batches
+
+    for name in ("_ray_batches", "_local_batches"):
+        source = getattr(extract_module, name, None)
+        if source is not None and not getattr(source, "counted", False):
+            setattr(extract_module, name, counted(source))
+
+
 def cmd_embed(args) -> None:
+    from data_prep.shards import read_manifest
+
+    from . import extract
     from .config import EmbedConfig, load_config
     from .extract import run_embed
 
     cfg = load_config(args.config).embed if args.config else EmbedConfig()
     if args.num_actors:
         cfg = replace(cfg, num_actors=args.num_actors)
+    if len(args.data) > 1 and args.hdf5:
+        raise FinetuneError("--hdf5 takes one --data directory")
     if not args.local:
         _init_ray(args.num_cpus)
-    manifest = run_embed(args.model, args.data, args.out, cfg, hdf5=args.hdf5, use_ray=not args.local)
-    log.info(f"embedded {manifest['rows']} proteins ({manifest['residues']} residues, dim {manifest['dim']}, "
-             f"{manifest['chunked']} chunked) with {manifest['model']} in {manifest['seconds']}s -> {args.out}")
-    print(json.dumps({"out": args.out, **{k: manifest.get(k) for k in ("rows", "residues", "dim", "chunked", "seconds")}}))
+    _with_progress(extract)
+    # several shard dirs share one Ray start; each goes to OUT/<its name>
+    outs = [args.out] if len(args.data) == 1 else [str(Path(args.out) / Path(d).name) for d in args.data]
+    for data, out in zip(args.data, outs):
+        try:
+            _EMBEDDING.update(total=read_manifest(data)["rows"], what=f"embedding {Path(data).name}")
+        except (OSError, KeyError, ValueError):
+            pass  # run_embed names what is wrong with the directory
+        manifest = run_embed(args.model, data, out, cfg, hdf5=args.hdf5, use_ray=not args.local)
+        log.info(f"embedded {manifest['rows']} proteins ({manifest['residues']} residues, dim {manifest['dim']}, "
+                 f"{manifest['chunked']} chunked) with {manifest['model']} in {manifest['seconds']}s -> {out}")
+        print(json.dumps({"out": out, **{k: manifest.get(k) for k in ("rows", "residues", "dim", "chunked", "seconds")}}),
+              flush=True)
 
 
 def _finish(rows, args, cfg, per_residue: bool):
@@ -116,8 +153,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("embed", help="per-residue + pooled embeddings of a shard dir")
     p.add_argument("--model", required=True, help="'onehot' or an exported model dir (config.json kind bilstm|encoder)")
-    p.add_argument("--data", required=True, help="data_prep shard dir (needs a tokens column)")
-    p.add_argument("--out", required=True, help="output embedding shard dir")
+    p.add_argument("--data", required=True, nargs="+", help="data_prep shard dir(s) (need a tokens column)")
+    p.add_argument("--out", required=True, help="output embedding shard dir (with several --data: OUT/<name of each>)")
     p.add_argument("--hdf5", help="also write one HDF5 file, one dataset per protein id")
     p.add_argument("--config", help="YAML whose `embed:` section sets batching, chunking, actors")
     p.add_argument("--num-actors", type=int, help="Ray Data actor pool size (overrides the config)")

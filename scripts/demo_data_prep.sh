@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # data_prep demo: the bundled sample/ -> shards under $DEMO_OUT/data/ (listed in docs/data_prep.md).
+# Each command's JSON result goes to $DEMO_OUT/data/results.jsonl; its progress to the terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"; DEMO_OUT="${DEMO_OUT:-runs/demo}"
 D="$DEMO_OUT/data"; W="$D/work"
 mkdir -p "$W"
-dp() { "$PY" -m data_prep "$@"; }   # fasta and pssm start a local Ray (2 CPUs) themselves
+: > "$D/results.jsonl"
+dp() { "$PY" -m data_prep "$@" >> "$D/results.jsonl"; }   # fasta and pssm start a local Ray (2 CPUs) themselves
 
 dp labels deeploc sample/deeploc/deeploc_our_val_set.fasta --out "$D/deeploc_train"
 dp labels deeploc sample/deeploc/deeploc_test_set.fasta --out "$D/deeploc_test"

@@ -22,20 +22,19 @@ for m in bilstm multitask; do
   if [ -f "$DEMO_OUT/models/$m/config.json" ]; then models+=("$DEMO_OUT/models/$m"); fi
 done
 
+# stdout of each command is its result (JSON lines, results tables): kept in files under $OUT,
+# the tables are printed at the end; progress and per-method results show as they come
 for model in "${models[@]}"; do
   name=$(basename "$model")
-  for shard in deeploc_train deeploc_test ss_train ss_test; do
-    ft embed --model "$model" --data "$D/$shard" --out "$OUT/embeddings/$name/$shard" \
-      --config finetune/configs/demo.yaml  # the actor pool leaves a CPU for the Parquet reads
-  done
+  # one command embeds the four shard dirs (one Ray start); the actor pool leaves a CPU for the reads
+  ft embed --model "$model" --data "$D/deeploc_train" "$D/deeploc_test" "$D/ss_train" "$D/ss_test" \
+    --out "$OUT/embeddings/$name" --config finetune/configs/demo.yaml > "$OUT/embed_$name.jsonl"
   ft deeploc --config finetune/configs/demo.yaml --name "$name" --group demo-finetune \
     --train "$OUT/embeddings/$name/deeploc_train" --test "$OUT/embeddings/$name/deeploc_test" \
-    --out "$OUT/deeploc/$name" > "$OUT/deeploc_$name.log"
-  grep '^\[finetune\]' "$OUT/deeploc_$name.log" || true
+    --out "$OUT/deeploc/$name" > "$OUT/deeploc_$name.md"
   ft ss --config finetune/configs/demo_cnn.yaml --name "$name" --group demo-finetune \
     --train "$OUT/embeddings/$name/ss_train" --test "$OUT/embeddings/$name/ss_test" \
-    --out "$OUT/ss/$name" > "$OUT/ss_$name.log"
-  grep '^\[finetune\]' "$OUT/ss_$name.log" || true
+    --out "$OUT/ss/$name" > "$OUT/ss_$name.md"
 done
 
 ft table "$OUT"/ss/*/results.json --out "$OUT/ss" --title "Per-residue CNN on frozen embeddings" > /dev/null

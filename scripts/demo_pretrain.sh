@@ -12,9 +12,11 @@ if [ ! -f "$DATA/manifest.json" ]; then
 fi
 RUN="$DEMO_OUT/ray/pretrain-demo"
 rm -rf "$RUN"  # a fresh run each time (the same name would resume the old one)
+mkdir -p "$DEMO_OUT/ray"
+# stdout is each command's JSON result (kept next to the run); progress shows on the terminal
 "$PY" -m pretrain train --config pretrain/configs/demo.yaml --data "$DATA" \
-  --set "ray.storage_path=$DEMO_OUT/ray" ray.name=pretrain-demo
-"$PY" -m pretrain export --run "$RUN" --out "$DEMO_OUT/models/bilstm"
+  --set "ray.storage_path=$DEMO_OUT/ray" ray.name=pretrain-demo > "$DEMO_OUT/ray/pretrain-demo.json"
+"$PY" -m pretrain export --run "$RUN" --out "$DEMO_OUT/models/bilstm" > /dev/null
 "$PY" - "$RUN/metrics.jsonl" <<'PYEOF'
 import json, sys
 log = [json.loads(line) for line in open(sys.argv[1])]

@@ -84,7 +84,7 @@ def test_local_run_listens_on_loopback_only(shared_data, tmp_path):
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
-        while "[step 1]" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+        while "[engine] step 1/" not in log.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, f"the run ended before it trained:\n{log.read_text()[-3000:]}"
         sockets = listening_sockets(descendants(proc.pid))  # while training: every server is up

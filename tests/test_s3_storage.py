@@ -122,7 +122,6 @@ def test_checkpoints_resume_and_export_on_s3(shared_data, s3, tmp_path):
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
 
-    # Ray prints each worker line twice (stdout and the Train worker log); compare distinct lines
     seen = int(registered.rsplit("_", 1)[1])
     before, _, after = out.partition("resumed from")
     assert "fresh start" in before and "fresh start" not in after, out[-4000:]
@@ -130,7 +129,7 @@ def test_checkpoints_resume_and_export_on_s3(shared_data, s3, tmp_path):
     assert len(resumed) == 1, out[-4000:]
     step = int(resumed.pop())
     assert step >= seen > 0 and step % EVERY == 0 and step < MAX_STEPS  # the restart began at a registered checkpoint
-    first = int(re.search(r"\[step (\d+)\]", after).group(1))
+    first = int(re.search(r"\[engine\] step (\d+)/", after).group(1))
     assert first == step + 1  # training continued from the checkpoint, not from step 0
 
     final = s3_json(s3(f"runs/{name}/checkpoint_{MAX_STEPS:08d}/train_state.json"))
