@@ -155,7 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help="'onehot' or an exported model dir (config.json kind bilstm|encoder)")
     p.add_argument("--data", required=True, nargs="+", help="data_prep shard dir(s) (need a tokens column)")
     p.add_argument("--out", required=True, help="output embedding shard dir (with several --data: OUT/<name of each>)")
-    p.add_argument("--hdf5", help="also write one HDF5 file, one dataset per protein id")
+    p.add_argument("--hdf5", help="also write the per-residue HDF5 file (one dataset per protein id; "
+                   "OUT/reduced_embeddings_file.h5, one per-protein vector per id, is always written)")
     p.add_argument("--config", help="YAML whose `embed:` section sets batching, chunking, actors")
     p.add_argument("--num-actors", type=int, help="Ray Data actor pool size (overrides the config)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started here")
