@@ -169,8 +169,10 @@ def load(specs: list[str]) -> tuple[list[RunData], list[ResultRows]]:
                 raise RunReadError(f"{spec}: no training run ({METRICS_FILE}) or {RESULTS_FILE} under this path")
             runs += [read_run_dir(d) for d in run_dirs]
             results += [read_results(f) for f in result_files]
-        elif spec.count("/") == 2 and not path.exists():
-            runs.append(read_api_run(spec))
+        elif spec.count("/") == 2 and not path.exists() and not Path(spec.split("/")[0]).exists():
+            runs.append(read_api_run(spec))  # entity/project/run_id (a local folder of that name wins)
+        elif not path.exists():
+            raise RunReadError(f"{spec}: no such file or directory")
         else:
-            raise RunReadError(f"{spec}: neither a local run, results file or folder, nor an entity/project/run_id")
+            raise RunReadError(f"{spec}: not a run directory, a {RESULTS_FILE} or a folder of them")
     return runs, results

@@ -120,7 +120,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     with pytest.raises(RunReadError, match=r"metrics.jsonl:2: not JSON"):
         load([str(run)])
     assert main(["no/such/run/path/x", "--out", str(tmp_path / "o")]) == 2
-    assert "neither a local run" in capsys.readouterr().err
+    assert "no/such/run/path/x: no such file or directory" in capsys.readouterr().err
+    with pytest.raises(RunReadError, match="no such file"):  # a typo in a local path is not a W&B path
+        load([str(tmp_path / "bad" / "missing")])
+    with pytest.raises(RunReadError, match="not a run directory"):
+        load([str(run / "metrics.jsonl")])
 
 
 def test_online_runs_come_from_the_public_api(monkeypatch):
