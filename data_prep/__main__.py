@@ -18,6 +18,7 @@ import logging
 import sys
 
 from engine.errors import run_cli
+from engine.logs import result as write_result
 
 from .errors import DataPrepError
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         rejected = ", ".join(f"{n} {why}" for why, n in (summary.get("rejected") or {}).items()) or "none rejected"
         what = " ".join(filter(None, (args.command, getattr(args, "labels", None))))
         logging.getLogger("data_prep").info(f"{what}: {summary['rows']} rows ({rejected}) -> {getattr(args, 'out', None)}")
-    print(json.dumps({"out": getattr(args, "out", None), **summary}))  # the result, on stdout
+    write_result(json.dumps({"out": getattr(args, "out", None), **summary}))
     return 0
 
 

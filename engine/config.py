@@ -254,11 +254,14 @@ def add_override_args(parser) -> None:
 
 def print_resolved(cfg) -> None:
     """What --dry-run shows: the resolved config as YAML (and the DeepSpeed dict it implies)."""
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    from .logs import result
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if isinstance(cfg, ExperimentConfig):
         bf16 = cfg.deepspeed.bf16 if isinstance(cfg.deepspeed.bf16, bool) else "auto"
-        print("# DeepSpeed config (bf16 'auto' resolves on the worker's hardware):")
-        print(json.dumps(deepspeed_settings(cfg.deepspeed, bf16), indent=2))
+        text += "# DeepSpeed config (bf16 'auto' resolves on the worker's hardware):\n"
+        text += json.dumps(deepspeed_settings(cfg.deepspeed, bf16), indent=2)
+    result(text)
 
 
 def from_dict(cls: type, raw: dict, source: str = "<config>", prefix: str = ""):

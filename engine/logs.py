@@ -1,6 +1,8 @@
 """One way to log, for every command and every Ray worker.
 
-stdout carries a command's result (its JSON line or results table) and nothing else. People read
+stdout carries a command's result (its JSON line or results table, written with `result`) and
+nothing else: in a command's process, file descriptor 1 goes to the log file too, because
+libraries print there (DeepSpeed's accelerator notice and op-builder messages). People read
 stderr, where every line has one format, `HH:MM:SS [stage] message`, and only this project's
 messages and progress appear. Everything else goes to the command's log file
 (`$PROTLM_LOG_DIR/<stage>.log`, default `runs/logs/`): Ray's, DeepSpeed's and Python's warnings,
@@ -14,6 +16,7 @@ stays in the session directory's worker-*.out/err files.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -57,12 +60,19 @@ class _Ours(logging.Filter):
         # of Ray Data's progress block (logged where stdout is no terminal) only the total
         message = record.getMessage()
         return record.name.startswith(_SHOWN_FOREIGN) and message.startswith("Total Progress") \
-            and not message.rstrip().endswith("/?")  # a total Ray Data does not know yet says nothing
+            and not message.startswith("Total Progress: 0/")  # nothing done yet says nothing
 
 
 def console():
     """The stream people read (the terminal's stderr), whatever fd 2 now points to."""
     return _state.get("console") or sys.stderr
+
+
+def result(text: str) -> None:
+    """Write a command's result to stdout (the only thing that goes there)."""
+    stream = _state.get("stdout") or sys.stdout
+    stream.write(text if text.endswith("\n") else text + "\n")
+    stream.flush()
 
 
 def log_file() -> Path | None:
@@ -90,8 +100,18 @@ def setup(stage: str) -> None:
         fh, path = None, None
     real_process = sys.stderr is sys.__stderr__ and fh is not None
     if real_process:
-        # keep the terminal for people; native writes to fd 2 (Ray's C++) land in the file
+        # keep the terminal for people and stdout for the result; what else is written to fd 1 or 2
+        # (Ray's C++, DeepSpeed's prints) lands in the file
         fd = int(inherited_fd) if inherited_fd else os.dup(2)
+        if not inherited_fd:
+            sys.stdout.flush()
+            _state["stdout"] = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", closefd=False)
+        terminal = _state["stdout"].isatty() if "stdout" in _state else False
+        os.dup2(fh.fileno(), 1)
+        # libraries that ask whether stdout is a terminal (Ray Data: bars or logged progress) get
+        # the answer for the real one
+        _state["python_stdout"] = sys.stdout  # kept: its collection would close fd 1
+        sys.stdout = _LibraryStdout(sys.stdout.buffer, terminal)
         sys.stderr.flush()
         os.dup2(fh.fileno(), 2)
         _state["console"] = sys.stderr = os.fdopen(fd, "w", buffering=1, encoding="utf-8",
@@ -115,6 +135,17 @@ def setup(stage: str) -> None:
     logging.captureWarnings(True)  # library warnings: the file, not the terminal
     for noisy in ("deepspeed", "DeepSpeed", "torch", "urllib3", "filelock", "wandb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _LibraryStdout(io.TextIOWrapper):
+    """fd 1 (now the log file) for libraries' prints, saying whether the real stdout is a tty."""
+
+    def __init__(self, buffer, terminal: bool):
+        super().__init__(buffer, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+        self._terminal = terminal
+
+    def isatty(self) -> bool:
+        return self._terminal
 
 
 class _ConsoleProxy:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import run_cli
+from engine.logs import result
 from engine.ray_env import ensure_ray
 
 from .errors import FinetuneError
@@ -87,8 +88,7 @@ def cmd_embed(args) -> None:
         manifest = run_embed(args.model, data, out, cfg, hdf5=args.hdf5, use_ray=not args.local)
         log.info(f"embedded {manifest['rows']} proteins ({manifest['residues']} residues, dim {manifest['dim']}, "
                  f"{manifest['chunked']} chunked) with {manifest['model']} in {manifest['seconds']}s -> {out}")
-        print(json.dumps({"out": out, **{k: manifest.get(k) for k in ("rows", "residues", "dim", "chunked", "seconds")}}),
-              flush=True)
+        result(json.dumps({"out": out, **{k: manifest.get(k) for k in ("rows", "residues", "dim", "chunked", "seconds")}}))
 
 
 def _finish(rows, args, cfg, per_residue: bool):
@@ -101,7 +101,7 @@ def _finish(rows, args, cfg, per_residue: bool):
         mode = log_results(rows, {**to_dict(cfg), "embedder": name}, cfg.wandb, name=f"{name}-results",
                            group=args.group, out=args.out)
         log.info(f"W&B results run logged ({mode})")
-    print(text)
+    result(text)
 
 
 def _prepare(args):
@@ -144,7 +144,7 @@ def cmd_table(args) -> None:
     if methods:
         rows = sorted((r for r in rows if r["method"] in methods), key=lambda r: methods.index(r["method"]))
     per_residue = bool(rows) and "test_set" in rows[0]
-    print(write_results(rows, args.out, args.title, per_residue, notes=args.notes or ""))
+    result(write_results(rows, args.out, args.title, per_residue, notes=args.notes or ""))
 
 
 def main(argv=None) -> int:

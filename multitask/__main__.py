@@ -20,6 +20,7 @@ import torch
 from engine.checkpoint import CheckpointError, export, resolve_checkpoint
 from engine.config import ConfigError, add_override_args, from_dict, print_resolved
 from engine.errors import run_cli
+from engine.logs import result
 
 from .config import EvalConfig, MultitaskConfig, load
 from .embed import load_model
@@ -72,7 +73,7 @@ def evaluate_checkpoint(path: str | Path, eval_cfg: EvalConfig | None = None, ou
              "protein_max_length": eval_cfg.protein_max_length,
              "seconds": round(time.perf_counter() - start, 1)}
     json_path, md_path = write_report(results, out_dir or (ckpt if path == ckpt else path), extra)
-    print(markdown_table(results), end="")  # the result, on stdout
+    result(markdown_table(results))
     log.info(f"evaluation written to {json_path} and {md_path}")
     return results
 
@@ -125,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "train":
             cfg = load(args.config, args.set)
-            result = train(cfg, use_ray=not args.no_ray, final_eval=not args.no_eval)
-            log.info(f"run directory {result['run_dir']}")
+            run = train(cfg, use_ray=not args.no_ray, final_eval=not args.no_eval)
+            log.info(f"run directory {run['run_dir']}")
             if args.export:
-                export_run(result["run_dir"], args.export)
+                export_run(run["run_dir"], args.export)
         elif args.command == "eval":
             eval_cfg = load(args.config, args.set).eval if args.config else None
             evaluate_checkpoint(args.run, eval_cfg, args.out)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.config import ConfigError, add_override_args, print_resolved
 from engine.errors import run_cli
+from engine.logs import result
 from engine.sources import DataError
 
 log = logging.getLogger("pretrain")
@@ -58,7 +59,7 @@ def _train(args) -> int:
         metrics = launch(BiLSTMTask, cfg)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     log.info(f"trained to step {shown.get('step')}: run directory {shown.get('run_dir')}")
-    print(json.dumps(shown, default=str))  # the result, on stdout
+    result(json.dumps(shown, default=str))
     return 0
 
 
@@ -87,7 +88,7 @@ def _export(args) -> int:
         path.write_text(json.dumps(config, indent=2) + "\n")
         load_embedder(out)  # a sum of layers of unequal widths is refused here, naming the key
     log.info(f"exported {out} (model.safetensors, config.json, tokenizer.json)")
-    print(json.dumps({"out": str(out)}))
+    result(json.dumps({"out": str(out)}))
     return 0
 
 

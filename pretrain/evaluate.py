@@ -68,4 +68,6 @@ def write(result: dict, out: str | Path | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
-    print(text, end="")
+    from engine.logs import result
+
+    result(text)

@@ -26,15 +26,18 @@ done
 # the tables are printed at the end; progress and per-method results show as they come
 for model in "${models[@]}"; do
   name=$(basename "$model")
-  # one command embeds the four shard dirs (one Ray start); the actor pool leaves a CPU for the reads
+  # one command embeds the four shard dirs (one Ray start). The actor pool leaves one of Ray's CPUs
+  # for the Parquet reads, so a Ray of 3 logical CPUs runs 2 embedding actors on the 2 cores.
   ft embed --model "$model" --data "$D/deeploc_train" "$D/deeploc_test" "$D/ss_train" "$D/ss_test" \
-    --out "$OUT/embeddings/$name" --config finetune/configs/demo.yaml > "$OUT/embed_$name.jsonl"
+    --out "$OUT/embeddings/$name" --config finetune/configs/demo.yaml --num-cpus 3 > "$OUT/embed_$name.jsonl"
+  # The heads train with the engine in this process (--local): on 2 cores a Ray Train launch per
+  # head cost more than the head itself (pretrain and multitask show the Ray Train path).
   ft deeploc --config finetune/configs/demo.yaml --name "$name" --group demo-finetune \
     --train "$OUT/embeddings/$name/deeploc_train" --test "$OUT/embeddings/$name/deeploc_test" \
-    --out "$OUT/deeploc/$name" > "$OUT/deeploc_$name.md"
+    --out "$OUT/deeploc/$name" --local > "$OUT/deeploc_$name.md"
   ft ss --config finetune/configs/demo_cnn.yaml --name "$name" --group demo-finetune \
     --train "$OUT/embeddings/$name/ss_train" --test "$OUT/embeddings/$name/ss_test" \
-    --out "$OUT/ss/$name" > "$OUT/ss_$name.md"
+    --out "$OUT/ss/$name" --local > "$OUT/ss_$name.md"
 done
 
 ft table "$OUT"/ss/*/results.json --out "$OUT/ss" --title "Per-residue CNN on frozen embeddings" > /dev/null

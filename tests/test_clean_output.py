@@ -42,9 +42,10 @@ def test_a_cli_command_prints_its_json_result_on_stdout_and_nothing_else(tmp_pat
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["rows"] == 50, proc.stdout
     assert not any(word in proc.stderr for word in RAY_NOISE), proc.stderr
-    assert "[ray.data] Total Progress" in proc.stderr  # Ray Data's own progress (logged: no terminal here)
+    assert "[data_prep] fasta: 50 rows (none rejected)" in proc.stderr
     log = (tmp_path / "logs" / "data_prep.log").read_text()
     assert "Ray session logs: /" in log and " fasta " in log  # the command line, and where Ray's own logs are
+    assert "Total Progress" in log  # Ray Data's own progress (logged, as stdout is no terminal here)
 
 
 def test_training_output_is_clean_with_a_second_ray_running(shared_data, tmp_path):

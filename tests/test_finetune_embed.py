@@ -194,7 +194,7 @@ def test_cli_embed_with_demo_config_finishes_without_num_cpus(shared_data, tmp_p
     repo = Path(__file__).resolve().parent.parent
     shards = deeploc_shards(shared_data / "deeploc" / "deeploc_test_set.fasta", tmp_path / "shards")
     out = tmp_path / "emb"
-    env = {**os.environ, "RAY_ADDRESS": ""}  # never join a cluster another test started
+    env = {**os.environ, "RAY_ADDRESS": "", "PROTLM_LOG_DIR": str(tmp_path / "logs")}  # never join another test's cluster
     proc = subprocess.run([sys.executable, "-m", "finetune", "embed", "--model", "onehot", "--data", str(shards),
                            "--out", str(out), "--config", str(repo / "finetune" / "configs" / "demo.yaml")],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=240)
@@ -202,4 +202,5 @@ def test_cli_embed_with_demo_config_finishes_without_num_cpus(shared_data, tmp_p
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == manifest["input_records"] == 2768 and manifest["dim"] == 21
     if (os.cpu_count() or 0) <= 2:
-        assert "embed.num_actors 2 -> 1" in proc.stdout
+        assert "embed.num_actors 2 -> 1" in (tmp_path / "logs" / "finetune.log").read_text()
+    assert json.loads(proc.stdout)["rows"] == 2768  # stdout: the JSON result alone
