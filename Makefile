@@ -30,20 +30,27 @@ sysdeps:
 
 # torch first (the CPU build on a CPU machine, the CUDA build where nvidia-smi works), then
 # DeepSpeed without build isolation so that its build sees that torch instead of pulling another.
+# pip's own chatter (index warnings, build-backend deprecations) goes to runs/logs/setup.log; a
+# failure shows its end.
+SETUP_LOG := runs/logs/setup.log
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip wheel setuptools
-	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q --no-build-isolation deepspeed
-	$(PIP) install -q -e '.[test]'
-	touch $(STAMP)
+	@mkdir -p $(dir $(SETUP_LOG))
+	@echo "setting up $(VENV): torch $(TORCH_VERSION), DeepSpeed, this project (log: $(SETUP_LOG))"
+	@( set -ex; \
+	  test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  $(PIP) install -q --upgrade pip wheel setuptools; \
+	  $(PIP) install -q torch==$(TORCH_VERSION); \
+	  $(PIP) install -q --no-build-isolation deepspeed; \
+	  $(PIP) install -q -e '.[test]' ) > $(SETUP_LOG) 2>&1 || { tail -n 30 $(SETUP_LOG); exit 1; }
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 setup: sysdeps venv
 
+# Each stage, its progress and results on the terminal; everything else in $(DEMO_OUT)/logs/.
 demo: setup
-	PY=$(PY) SHARED=$(SHARED) DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
+	@PY=$(PY) SHARED=$(SHARED) DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
 
 # The proof run (issue 11): about 2 hours on 2 CPU cores; writes docs/results.md and docs/results.json.
 proof: setup

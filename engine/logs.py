@@ -252,8 +252,8 @@ class StepProgress:
 
     def line(self, step: int, metrics: dict) -> str:
         now = time.monotonic()
-        if self.start is None:
-            self.start = (step - 1, now - float(metrics.get("step_seconds", 0) or 0))
+        if self.start is None:  # the rate counts from the first line: start-up is no training
+            self.start = (step, now)
         done, since = step - self.start[0], now - self.start[1]
         parts = [f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"]
         parts += [f"{k} {metrics[k]:.4g}" for k in self.SHOWN if isinstance(metrics.get(k), float)]

@@ -84,3 +84,27 @@ def test_training_output_is_clean_with_a_second_ray_running(shared_data, tmp_pat
     log = (tmp_path / "logs" / "pretrain.log").read_text()
     assert "Ray session logs: /" in log and "[engine] step 6/6" in log
     print(f"clean training run: {seconds:.0f} s")
+
+
+def test_progress_lines_count_and_estimate(monkeypatch, caplog):
+    import logging
+
+    import engine.logs as logs
+
+    clock = iter([0.0, 10.0, 30.0])
+    monkeypatch.setattr(logs.time, "monotonic", lambda: next(clock))
+    progress = logs.StepProgress(total=40)
+    first = progress.line(10, {"loss": 2.5, "residues_per_s": 5000.0})
+    assert first == "step 10/40 (25%), loss 2.5, 5e+03 res/s"  # no rate yet: no ETA
+    assert progress.line(20, {"loss": 2.0}) == "step 20/40 (50%), loss 2, ETA 20s"  # 10 steps per 10 s
+    assert progress.line(40, {"loss": 1.5}).endswith("loss 1.5")  # done: no ETA
+    assert [logs.format_seconds(s) for s in (42, 185, 3720)] == ["42s", "3m05s", "1h02m"]
+
+    clock = iter([0.0, 5.0, 11.0, 12.0])
+    monkeypatch.setattr(logs.time, "monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="finetune"):
+        counter = logs.CountProgress(1000, "embedding x", logging.getLogger("finetune"), every=10)
+        counter.add(100)  # 5 s: not yet
+        counter.add(450)  # 11 s: 550 done at 50/s
+        counter.add(450)  # 12 s: done, the caller says so
+    assert [r.getMessage() for r in caplog.records] == ["embedding x: 550/1000 (55%), 50/s, ETA 9s"]
