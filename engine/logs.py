@@ -87,18 +87,21 @@ def to_file(text: str) -> None:
 
 def setup(stage: str) -> None:
     """Console + log file for a command (called once by engine.errors.run_cli). Inside pytest
-    (stderr already captured) only the handlers are set, no file descriptor is touched."""
+    (stderr already captured) only the console handler is set: no file, no file descriptor."""
     if _state.get("stage"):
         return
     _state["stage"] = stage
     inherited_fd = os.environ.get(_CONSOLE_FD)
     path = Path(os.environ.get(_LOG_FILE) or Path(os.environ.get(LOG_DIR) or "runs/logs") / f"{stage}.log")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
-    except OSError:
-        fh, path = None, None
-    real_process = sys.stderr is sys.__stderr__ and fh is not None
+    fh = None
+    if sys.stderr is sys.__stderr__:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+        except OSError:
+            pass  # a read-only place: the terminal only
+    path = path if fh else None
+    real_process = fh is not None
     if real_process:
         # keep the terminal for people and stdout for the result; what else is written to fd 1 or 2
         # (Ray's C++, DeepSpeed's prints) lands in the file
