@@ -8,7 +8,7 @@ export DEMO_OUT="${DEMO_OUT:-runs/demo}" PY="${PY:-.venv/bin/python}" SHARED="${
 export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$DEMO_OUT}" WANDB_SILENT="${WANDB_SILENT:-true}"
 export PROTLM_LOG_DIR="${PROTLM_LOG_DIR:-$DEMO_OUT/logs}"
 mkdir -p "$DEMO_OUT" "$PROTLM_LOG_DIR"
-: > "$DEMO_OUT/timings.txt"
+echo "stage wall_s user_s sys_s" > "$DEMO_OUT/timings.txt"
 stages=(data_prep pretrain multitask finetune cluster)
 for i in "${!stages[@]}"; do
   stage=${stages[$i]}
@@ -17,8 +17,8 @@ for i in "${!stages[@]}"; do
   echo
   echo "=== demo $((i + 1))/${#stages[@]}: $stage"
   t0=$SECONDS
-  bash "$script"
-  echo "$stage $((SECONDS - t0))" >> "$DEMO_OUT/timings.txt"
+  # wall, user and system seconds of the stage and every process it waited for (Ray's included)
+  { TIMEFORMAT="$stage %R %U %S"; time bash "$script" 2>&3; } 3>&2 2>> "$DEMO_OUT/timings.txt"
   echo "=== $stage done in $((SECONDS - t0)) s"
 done
 
