@@ -86,41 +86,26 @@ def to_file(text: str) -> None:
 
 
 def setup(stage: str) -> None:
-    """Console + log file for a command (called once by engine.errors.run_cli). Inside pytest
-    (stderr already captured) only the console handler is set: no file, no file descriptor."""
+    """Console + log file for a command (called once by engine.errors.run_cli). Inside pytest only
+    the console handler is set: no file, no file descriptor touched."""
     if _state.get("stage"):
         return
     _state["stage"] = stage
-    inherited_fd = os.environ.get(_CONSOLE_FD)
-    path = Path(os.environ.get(_LOG_FILE) or Path(os.environ.get(LOG_DIR) or "runs/logs") / f"{stage}.log")
+    inherited = os.environ.get(_CONSOLE_FD)  # the training child: the parent's terminal and file
+    # a command's own process only: inside pytest (even with -s) the session's streams stay
     fh = None
-    if sys.stderr is sys.__stderr__:
+    if sys.stderr is sys.__stderr__ and "_pytest" not in sys.modules:
+        path = Path(os.environ.get(_LOG_FILE) or Path(os.environ.get(LOG_DIR) or "runs/logs") / f"{stage}.log")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
         except OSError:
             pass  # a read-only place: the terminal only
-    path = path if fh else None
-    real_process = fh is not None
-    if real_process:
-        # keep the terminal for people and stdout for the result; what else is written to fd 1 or 2
-        # (Ray's C++, DeepSpeed's prints) lands in the file
-        fd = int(inherited_fd) if inherited_fd else os.dup(2)
-        if not inherited_fd:
-            sys.stdout.flush()
-            _state["stdout"] = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", closefd=False)
-        terminal = _state["stdout"].isatty() if "stdout" in _state else False
-        os.dup2(fh.fileno(), 1)
-        # libraries that ask whether stdout is a terminal (Ray Data: bars or logged progress) get
-        # the answer for the real one
-        _state["python_stdout"] = sys.stdout  # kept: its collection would close fd 1
-        sys.stdout = _LibraryStdout(sys.stdout.buffer, terminal)
-        sys.stderr.flush()
-        os.dup2(fh.fileno(), 2)
-        _state["console"] = sys.stderr = os.fdopen(fd, "w", buffering=1, encoding="utf-8",
-                                                    errors="backslashreplace", closefd=False)
-        _state["console_fd"] = fd
-    _state["path"] = path
+    if fh is not None:
+        _state.update(path=path, file=fh)
+        _redirect(fh, int(inherited) if inherited else None)
+        if not inherited:
+            fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     shown = logging.StreamHandler(_ConsoleProxy())
@@ -132,12 +117,29 @@ def setup(stage: str) -> None:
         kept.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         kept.setLevel(logging.INFO)
         root.addHandler(kept)
-        _state["file"] = fh
-        if not inherited_fd:
-            fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
     logging.captureWarnings(True)  # library warnings: the file, not the terminal
     for noisy in ("deepspeed", "DeepSpeed", "torch", "urllib3", "filelock", "wandb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _redirect(fh, console_fd: int | None) -> None:
+    """Keep the terminal for people (sys.stderr) and stdout for the result (`result`); whatever
+    else is written to fd 1 or 2 (Ray's C++, DeepSpeed's prints) lands in the log file."""
+    if console_fd is None:
+        console_fd = os.dup(2)
+        sys.stdout.flush()
+        _state["stdout"] = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", closefd=False)
+    terminal = _state["stdout"].isatty() if "stdout" in _state else False
+    os.dup2(fh.fileno(), 1)
+    # libraries that ask whether stdout is a terminal (Ray Data: bars or logged progress) get the
+    # answer for the real one
+    _state["python_stdout"] = sys.stdout  # kept: its collection would close fd 1
+    sys.stdout = _LibraryStdout(sys.stdout.buffer, terminal)
+    sys.stderr.flush()
+    os.dup2(fh.fileno(), 2)
+    _state["console"] = sys.stderr = os.fdopen(console_fd, "w", buffering=1, encoding="utf-8",
+                                                errors="backslashreplace", closefd=False)
+    _state["console_fd"] = console_fd
 
 
 class _LibraryStdout(io.TextIOWrapper):
