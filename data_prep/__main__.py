@@ -41,7 +41,7 @@ def _cmd_pssm_generate(a):
     from .profiles_mmseqs import MmseqsOptions
     from .pssm_generate import generate_pssms
 
-    opts = MmseqsOptions(sensitivity=a.sensitivity, max_seqs=a.max_seqs, threads=a.threads,
+    opts = MmseqsOptions(sensitivity=a.sensitivity, max_seqs=a.max_seqs, threads=a.threads, e_profile=a.e_profile,
                          chunk_size=a.chunk_size, split_memory_limit=a.split_memory_limit)
     return generate_pssms(a.fasta, a.db, a.out, iterations=a.iterations, evalue=a.evalue, engine=a.engine,
                           mmseqs=opts, target_db=a.target_db)
@@ -112,18 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("pssm-generate", help="same as 'pssm generate': PSSMs for every query (psiblast or mmseqs)")
     g.add_argument("--fasta", required=True, help="query FASTA")
-    g.add_argument("--db", required=True, help="FASTA to build the target database from")
+    g.add_argument("--db", default=None, help="FASTA to build the target database from (or --target-db)")
     g.add_argument("--out", required=True)
     g.add_argument("--engine", choices=["psiblast", "mmseqs"], default="psiblast")
     g.add_argument("--iterations", type=int, default=3)
-    g.add_argument("--evalue", type=float, default=0.001, help="e-value for hits and profile inclusion")
+    g.add_argument("--evalue", type=float, default=None,
+                   help="e-value of the hits in the PSSM (default: psiblast 0.001, mmseqs 0.01)")
+    g.add_argument("--e-profile", type=float, default=0.1, help="mmseqs --e-profile: hits that shape the next iteration")
     g.add_argument("--sensitivity", type=float, default=7.5, help="mmseqs -s (1 fast .. 7.5 sensitive)")
-    g.add_argument("--max-seqs", type=int, default=300, help="mmseqs --max-seqs per query and iteration")
+    g.add_argument("--max-seqs", type=int, default=1000, help="mmseqs --max-seqs per query and iteration")
     g.add_argument("--threads", type=int, default=1, help="mmseqs threads (and Ray CPUs) per chunk task")
     g.add_argument("--chunk-size", type=int, default=1000, help="mmseqs: queries per Ray task")
     g.add_argument("--split-memory-limit", default="", help="mmseqs --split-memory-limit, e.g. 4G")
     g.add_argument("--target-db", default=None,
-                   help="mmseqs: an existing target DB prefix (createdb + createindex) on storage every node reads")
+                   help="an existing DB prefix to search instead of building one from --db (mmseqs: createdb + "
+                        "createindex; psiblast: makeblastdb), on storage every node reads")
     g.set_defaults(func=_cmd_pssm_generate)
 
     lab = sub.add_parser("labels", help="labelled sets -> shards").add_subparsers(dest="labels", required=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataPrepError
-from .tools import require, run_tool
+from .tools import child_cpu_seconds, require, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 class MmseqsOptions:
     iterations: int = 3
     sensitivity: float = 7.5       # mmseqs -s: 1 fast .. 7.5 sensitive
-    evalue: float = 0.001          # final hits (-e) and profile inclusion (--e-profile), as psiblast's
-    max_seqs: int = 300            # prefilter hits per query and iteration
+    evalue: float = 0.01           # -e: hits kept in the final alignments, and so in the MSA
+    e_profile: float = 0.1         # --e-profile: hits that shape the next iteration's profile
+    max_seqs: int = 1000           # prefilter hits per query and iteration (psiblast keeps 500)
     threads: int = 1               # per Ray task (the task reserves as many Ray CPUs)
     chunk_size: int = 1000         # queries per task: bigger batches amortise the index scan
     split_memory_limit: str = ""   # mmseqs --split-memory-limit, e.g. "4G" on small nodes
@@ -40,6 +41,8 @@ class MmseqsOptions:
             raise DataPrepError(f"--sensitivity: {self.sensitivity} is not in 1.0..7.5")
         if self.threads < 1 or self.chunk_size < 1 or self.max_seqs < 1:
             raise DataPrepError("--threads, --chunk-size and --max-seqs must be >= 1")
+        if not (self.evalue > 0 and self.e_profile > 0):
+            raise DataPrepError("--evalue and --e-profile must be > 0")
 
 
 def build_target(mmseqs: str, db_fasta: str, target_dir: Path, threads: int) -> str:
@@ -64,8 +67,16 @@ def read_db(prefix: Path) -> dict[int, bytes]:
     return entries
 
 
-def search_chunk(queries: list[tuple[str, str]], target: str, pssm_dir: str, opts: MmseqsOptions) -> list[str]:
-    """Ray task body: PSSM files for one chunk; per query "ok", "no_hits" or "mmseqs_failed: ..."."""
+def search_chunk(queries: list[tuple[str, str]], target: str, pssm_dir: str,
+                 opts: MmseqsOptions) -> tuple[list[str], float]:
+    """Ray task body: PSSM files for one chunk; returns per query "ok", "no_hits" or
+    "mmseqs_failed: ...", and the CPU seconds mmseqs used."""
+    cpu = child_cpu_seconds()
+    status = _search(queries, target, pssm_dir, opts)
+    return status, child_cpu_seconds() - cpu
+
+
+def _search(queries: list[tuple[str, str]], target: str, pssm_dir: str, opts: MmseqsOptions) -> list[str]:
     from .profiles_msa import msa_percent, write_ascii_pssm
 
     mmseqs = require("mmseqs")
@@ -75,7 +86,7 @@ def search_chunk(queries: list[tuple[str, str]], target: str, pssm_dir: str, opt
         common = ["--threads", str(opts.threads), "-v", "1"]
         search = [mmseqs, "search", str(t / "qdb"), target, str(t / "res"), str(t / "tmp"),
                   "--num-iterations", str(opts.iterations), "-s", str(opts.sensitivity),
-                  "-e", str(opts.evalue), "--e-profile", str(opts.evalue), "--max-seqs", str(opts.max_seqs)]
+                  "-e", str(opts.evalue), "--e-profile", str(opts.e_profile), "--max-seqs", str(opts.max_seqs)]
         if opts.split_memory_limit:
             search += ["--split-memory-limit", opts.split_memory_limit]
         steps = [[mmseqs, "createdb", str(t / "q.fasta"), str(t / "qdb"), "-v", "1"], search + common,

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,16 +32,22 @@ from . import shards
 from .errors import DataPrepError
 from .fasta_parse import parse_block
 from .profiles_mmseqs import MmseqsOptions
-from .tools import require, run_tool
+from .tools import child_cpu_seconds, require, run_tool
 
 log = logging.getLogger(__name__)
 SAFE_ID = re.compile(r"[A-Za-z0-9_\-|:+=]+")  # the id becomes a file name and ends at the first '.'
 ENGINES = ("psiblast", "mmseqs")
+PSIBLAST_EVALUE = 0.001
 
 
 def _psiblast_one(psiblast: str, db: str, rid: str, sequence: str, out_dir: str, iterations: int,
-                  evalue: float) -> str:
-    """Run psiblast for one query; returns "ok", "no_hits" or "psiblast_failed: <message>"."""
+                  evalue: float) -> tuple[str, float]:
+    """Run psiblast for one query; returns ("ok" | "no_hits" | "psiblast_failed: <message>", CPU s)."""
+    cpu = child_cpu_seconds()
+    return _psiblast_status(psiblast, db, rid, sequence, out_dir, iterations, evalue), child_cpu_seconds() - cpu
+
+
+def _psiblast_status(psiblast, db, rid, sequence, out_dir, iterations, evalue) -> str:
     import subprocess
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,22 +99,29 @@ def read_queries(fasta: str) -> tuple[list[tuple[dict, str, str]], list[dict], i
     return queries, rejects, block.n_records
 
 
-def _run_psiblast(queries, db_fasta: str, out: Path, pssm_dir: Path, iterations: int, evalue: float) -> list[str]:
+def _run_psiblast(queries, db_fasta: str, out: Path, pssm_dir: Path, iterations: int, evalue: float,
+                  target_db: str | None) -> tuple[list[str], float]:
     psiblast, makeblastdb = require("psiblast"), require("makeblastdb")
-    db = out / "blastdb" / "db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    run_tool([makeblastdb, "-in", str(Path(db_fasta).resolve()), "-dbtype", "prot", "-out", str(db)],
-             what=f"{db_fasta}: makeblastdb")
+    if target_db:
+        if not any(Path(target_db).parent.glob(Path(target_db).name + ".p[ai][ln]")):
+            raise DataPrepError(f"{target_db}: --target-db is not a BLAST protein DB (no {target_db}.pin or .pal)")
+        db = Path(target_db).resolve()
+    else:
+        db = out / "blastdb" / "db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        run_tool([makeblastdb, "-in", str(Path(db_fasta).resolve()), "-dbtype", "prot", "-out", str(db)],
+                 what=f"{db_fasta}: makeblastdb")
     from .ray_utils import ensure_ray
 
     ray = ensure_ray()
     task = ray.remote(num_cpus=1)(_psiblast_one)
     refs = [task.remote(psiblast, str(db), rid, seq, str(pssm_dir), iterations, evalue) for _, rid, seq in queries]
-    return gather_with_progress(ray, refs, [1] * len(refs), "psiblast")
+    done = gather_with_progress(ray, refs, [1] * len(refs), "psiblast")
+    return [status for status, _ in done], sum(cpu for _, cpu in done)
 
 
 def _run_mmseqs(queries, db_fasta: str, out: Path, pssm_dir: Path, opts: MmseqsOptions,
-                target_db: str | None) -> list[str]:
+                target_db: str | None) -> tuple[list[str], float]:
     from .profiles_mmseqs import build_target, chunks, search_chunk
     from .ray_utils import ensure_ray
 
@@ -125,31 +139,36 @@ def _run_mmseqs(queries, db_fasta: str, out: Path, pssm_dir: Path, opts: MmseqsO
     task = ray.remote(num_cpus=opts.threads)(search_chunk)
     parts = chunks([(rid, seq) for _, rid, seq in queries], opts.chunk_size)
     refs = [task.remote(part, target, str(pssm_dir), opts) for part in parts]
-    return [s for part in gather_with_progress(ray, refs, [len(p) for p in parts], "mmseqs") for s in part]
+    done = gather_with_progress(ray, refs, [len(p) for p in parts], "mmseqs")
+    return [status for statuses, _ in done for status in statuses], sum(cpu for _, cpu in done)
 
 
-def generate_pssms(fasta: str, db_fasta: str, out: str | Path, iterations: int = 3, evalue: float = 0.001,
+def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations: int = 3, evalue: float | None = None,
                    engine: str = "psiblast", mmseqs: MmseqsOptions | None = None,
                    target_db: str | None = None) -> dict:
     if engine not in ENGINES:
         raise DataPrepError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    for tool in ("psiblast", "makeblastdb") if engine == "psiblast" else ("mmseqs",):
+        require(tool)  # before any file is read: a missing tool is the first thing to fix
     out = Path(out).resolve()
     pssm_dir = out / "pssm"
-    if not Path(db_fasta).is_file() and not (engine == "mmseqs" and target_db):
-        raise DataPrepError(f"{db_fasta}: no such file")
+    if not target_db and not (db_fasta and Path(db_fasta).is_file()):
+        raise DataPrepError(f"{db_fasta}: no such file" if db_fasta else "--db or --target-db is needed")
     queries, rejects, n_records = read_queries(fasta)
     shutil.rmtree(pssm_dir, ignore_errors=True)
     pssm_dir.mkdir(parents=True)
     t0 = time.time()
     log.info("%s: %d queries against %s", engine, len(queries), target_db or db_fasta)
     if engine == "psiblast":
-        results = _run_psiblast(queries, db_fasta, out, pssm_dir, iterations, evalue)
+        evalue = PSIBLAST_EVALUE if evalue is None else evalue
+        results, cpu = _run_psiblast(queries, db_fasta, out, pssm_dir, iterations, evalue, target_db)
         settings = {}
     else:
-        opts = mmseqs or MmseqsOptions()
-        opts.iterations, opts.evalue = iterations, evalue
-        results = _run_mmseqs(queries, db_fasta, out, pssm_dir, opts, target_db)
-        settings = {"sensitivity": opts.sensitivity, "max_seqs": opts.max_seqs, "chunk_size": opts.chunk_size,
+        opts = replace(mmseqs or MmseqsOptions(), iterations=iterations)
+        opts.evalue = opts.evalue if evalue is None else evalue
+        evalue = opts.evalue
+        results, cpu = _run_mmseqs(queries, db_fasta, out, pssm_dir, opts, target_db)
+        settings = {"e_profile": opts.e_profile, "sensitivity": opts.sensitivity, "max_seqs": opts.max_seqs, "chunk_size": opts.chunk_size,
                     "threads_per_task": opts.threads}
     seconds = time.time() - t0
     written = 0
@@ -160,6 +179,7 @@ def generate_pssms(fasta: str, db_fasta: str, out: str | Path, iterations: int =
             rejects.append({**base, "reason": status.split(":")[0]})
             if "failed" in status:
                 log.error("%s: %s: %s", fasta, base["id"], status)
+    rejects.sort(key=lambda r: (r["record_index"], r["reason"]))  # input order, whatever the engine
     shards.write_rejects(pa.Table.from_pylist(rejects, schema=shards.REJECT_SCHEMA), out)
     rejected = Counter(r["reason"] for r in rejects)
     log.info("%s: %d PSSMs, %d without hits, %.1f queries/s", engine, written, rejected["no_hits"],
@@ -168,4 +188,4 @@ def generate_pssms(fasta: str, db_fasta: str, out: str | Path, iterations: int =
         out, kind="pssm_generate", rows=written, residues=0, sources=[str(fasta), str(target_db or db_fasta)],
         rejected=rejected, input_records=n_records, pssm_dir=str(pssm_dir), engine=engine,
         iterations=iterations, evalue=evalue, queries=len(queries), without_pssm=rejected["no_hits"],
-        seconds=round(seconds, 2), **settings)
+        seconds=round(seconds, 2), search_cpu_s=round(cpu, 2), **settings)

@@ -1,6 +1,7 @@
 """External programs (psiblast, makeblastdb, mmseqs): locate them and run them with clear errors."""
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
 
@@ -28,3 +29,10 @@ def run_tool(args: list[str], *, what: str) -> subprocess.CompletedProcess:
         last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
         raise DataPrepError(f"{what}: {args[0]} exited with {proc.returncode}: {last}")
     return proc
+
+
+def child_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's finished children: the tools' own cost,
+    which on a shared machine says more than wall time (docs/benchmarks.md)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
