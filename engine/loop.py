@@ -32,6 +32,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import ExperimentConfig, deepspeed_settings, to_dict
 from .logs import StepProgress, format_seconds, setup_worker
+from .ray_env import set_process_env
 from .sources import DataError, Mixture
 from .stream import Feed
 from .tracking import Tracker, git_commit
@@ -146,6 +147,7 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     the selected model. `train.patience` evaluations without improvement end the run. The best value,
     its step and epoch and the evaluations since are part of the train state, so a resumed run
     selects and stops exactly as an uninterrupted one."""
+    set_process_env()  # before DeepSpeed builds or loads its CPU ops
     import deepspeed
 
     if under_ray:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
-# Ray settings every process of ours wants, set before Ray starts (its workers inherit them).
+# Settings every process of ours wants, set before Ray starts (its workers inherit them).
 RAY_ENV = {
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL": "15",  # Ray Data's progress where stdout is no terminal
+    # DeepSpeed JIT-builds its CPU shared-memory all-reduce into ~/.cache/torch_extensions/<name>,
+    # keyed by name only: two environments (a clone's venv beside another) rebuilt it in turn, a
+    # minute or more each time. One cache per environment.
+    "TORCH_EXTENSIONS_DIR": os.path.join(sys.prefix, "torch_extensions"),
 }
+
+
+def set_process_env() -> None:
+    """RAY_ENV's defaults in this process (before Ray starts or DeepSpeed loads its ops)."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True):
@@ -23,8 +34,7 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True):
 
     if ray.is_initialized():
         return ray
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    set_process_env()
     quiet_ray()
     if os.environ.get("RAY_ADDRESS"):
         context = ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver,
