@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.fasta import FastaOptions, convert_fasta
 from data_prep.make_sample import read_fasta, write_fasta
 from data_prep.profiles_compare import kl_sums
 from data_prep.profiles_msa import encode_rows, round_to_100, weighted_percent
@@ -19,6 +18,7 @@ from data_prep.pssm_format import PSSM_ORDER, parse_pssm
 from tests.conftest import SAMPLE
 
 N_QUERIES = 16
+ZERO_ROWS = 502  # residues no kept hit covers (no information)
 
 
 def pct(row, letter):
@@ -113,6 +113,9 @@ def test_mmseqs_profiles_ids_order_and_accounting(sample_set, mmseqs_run):
             assert (sums[~p.zero_row] == 100).all()
             rows += len(seq)
     assert rows == 3029
+    # the `pssm` command turns them into kind "pssm" shards like psiblast files
+    m = convert_pssm([str(out / "pssm")], out / "shards")
+    assert (m["rows"], m["residues"], m["rejected"], m["zero_rows"]) == (N_QUERIES, 3029, {}, ZERO_ROWS)
 
 
 def test_mmseqs_profiles_agree_with_psiblast(sample_set, mmseqs_run):
@@ -129,10 +132,32 @@ def test_mmseqs_profiles_agree_with_psiblast(sample_set, mmseqs_run):
     assert sum(kl_sums(ref, ref)[0] for ref in sample_set["psiblast"].values()) / den < 0.02
 
 
-def _joined_shards(sample_set, pssm_files, out):
-    seqs = out / "seq"
-    convert_fasta([str(sample_set["work"] / "queries.fasta")], seqs, FastaOptions())
-    return convert_pssm([str(f) for f in pssm_files], out / "joined", sequences=seqs)
+def _training_shards(records, pssm_of, out):
+    """Sequence rows with the pssm columns of `data_prep pssm --sequences` (null without a PSSM),
+    written directly (no Ray Data: the test stays fast); PSSM files parsed by the `pssm` parser."""
+    import pyarrow as pa
+
+    from data_prep.shards import data_dir, pack_residues, write_manifest, write_table_shards
+    from data_prep.vocab import encode
+
+    rows = []
+    for rid, seq in records:
+        p = None
+        if rid in pssm_of:
+            raw = pssm_of[rid].read_bytes()
+            p = parse_pssm(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+            assert p.sequence == seq
+        rows.append((rid.split()[0], seq, p))
+    table = pa.table({"id": [r[0] for r in rows], "sequence": [r[1] for r in rows],
+                      "length": pa.array([len(r[1]) for r in rows], pa.int32()),
+                      "tokens": pack_residues(encode(r[1]) for r in rows),
+                      "pssm": pack_residues(None if r[2] is None else r[2].percent.reshape(-1) for r in rows),
+                      "zero_row": pack_residues(None if r[2] is None else r[2].zero_row for r in rows)})
+    write_table_shards(table, data_dir(out), 100, row_group_rows=8)
+    without = sum(r[2] is None for r in rows)
+    write_manifest(out, kind="sequences", rows=len(rows), residues=sum(len(r[1]) for r in rows), sources=[],
+                   rejected={}, input_records=len(rows), without_pssm=without)
+    return without
 
 
 def test_pretraining_runs_on_mmseqs_profiles_as_on_psiblast_ones(sample_set, mmseqs_run, tmp_path):
@@ -143,10 +168,10 @@ def test_pretraining_runs_on_mmseqs_profiles_as_on_psiblast_ones(sample_set, mms
 
     out, _ = mmseqs_run
     ids = list(sample_set["psiblast"])
-    m_mm = _joined_shards(sample_set, [out / "pssm" / f"{rid}.pssm" for rid in ids], tmp_path / "mm")
-    m_ps = _joined_shards(sample_set, [SAMPLE / "pssm" / f"{rid}.pssm.gz" for rid in ids], tmp_path / "ps")
-    for m in (m_mm, m_ps):  # 16 with PSSMs; NOHIT1 and bad.id (a fine id for a sequence shard) without
-        assert (m["with_pssm"], m["without_pssm"], m["rejected"]) == (N_QUERIES, 2, {})
+    records = sample_set["records"]  # NOHIT1 and bad.id (a fine id for a sequence row) have no PSSM
+    assert _training_shards(records, {rid: out / "pssm" / f"{rid}.pssm" for rid in ids}, tmp_path / "mm" / "joined") == 2
+    assert _training_shards(records, {rid: SAMPLE / "pssm" / f"{rid}.pssm.gz" for rid in ids},
+                            tmp_path / "ps" / "joined") == 2
     logs = {}
     for name in ("mm", "ps"):
         cfg = pretrain_config.load(CONFIG_DIR / "demo.yaml", [
