@@ -47,7 +47,7 @@ def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60) -> 
                 f.write(seq[i:i + width] + "\n")
 
 
-def make_sample(shared: Path, out: Path, n_pssm: int = N_PSSM) -> None:
+def make_sample(shared: Path, out: Path, n_pssm: int = N_PSSM, engine: str = "psiblast") -> None:
     rng = np.random.default_rng(SEED)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -89,7 +89,8 @@ def make_sample(shared: Path, out: Path, n_pssm: int = N_PSSM) -> None:
     pssm_out.mkdir()
     with tempfile.TemporaryDirectory(prefix="dp_sample_") as tmp:
         write_fasta(Path(tmp) / "queries.fasta", queries)
-        manifest = generate_pssms(str(Path(tmp) / "queries.fasta"), str(out / "corpus.fasta"), Path(tmp) / "gen")
+        manifest = generate_pssms(str(Path(tmp) / "queries.fasta"), str(out / "corpus.fasta"), Path(tmp) / "gen",
+                                  engine=engine)
         for f in sorted((Path(tmp) / "gen" / "pssm").glob("*.pssm")):
             with open(f, "rb") as src, gzip.GzipFile(pssm_out / (f.name + ".gz"), "wb", mtime=0) as dst:
                 shutil.copyfileobj(src, dst)
@@ -101,11 +102,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "sample"))
+    ap.add_argument("--engine", choices=["psiblast", "mmseqs"], default="psiblast",
+                    help="PSSM engine (the bundled sample was made with psiblast)")
     a = ap.parse_args()
     from .ray_utils import ensure_ray
 
     ensure_ray(2)
-    make_sample(Path(a.shared), Path(a.out))
+    make_sample(Path(a.shared), Path(a.out), engine=a.engine)
 
 
 if __name__ == "__main__":
