@@ -54,13 +54,19 @@ class _Formatter(logging.Formatter):
 
 
 class _Ours(logging.Filter):
+    last_foreign = ""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.split(".")[0] in STAGES:
             return True
-        # of Ray Data's progress block (logged where stdout is no terminal) only the total
+        # of Ray Data's progress block (logged every 15 s where stdout is no terminal) only the
+        # total, once it has moved
         message = record.getMessage()
-        return record.name.startswith(_SHOWN_FOREIGN) and message.startswith("Total Progress") \
-            and not message.startswith("Total Progress: 0/")  # nothing done yet says nothing
+        if not record.name.startswith(_SHOWN_FOREIGN) or not message.startswith("Total Progress") \
+                or message.startswith("Total Progress: 0/") or message == self.last_foreign:
+            return False
+        self.last_foreign = message
+        return True
 
 
 def console():
