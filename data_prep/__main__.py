@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iterations", type=int, default=3)
     g.add_argument("--evalue", type=float, default=None,
                    help="e-value of the hits in the PSSM (default: psiblast 0.001, mmseqs 0.01)")
-    g.add_argument("--e-profile", type=float, default=0.1, help="mmseqs --e-profile: hits that shape the next iteration")
+    g.add_argument("--e-profile", type=float, default=0.1,
+                   help="mmseqs --e-profile: hits that shape the next iteration's profile")
     g.add_argument("--sensitivity", type=float, default=7.5, help="mmseqs -s (1 fast .. 7.5 sensitive)")
     g.add_argument("--max-seqs", type=int, default=1000, help="mmseqs --max-seqs per query and iteration")
     g.add_argument("--threads", type=int, default=1, help="mmseqs threads (and Ray CPUs) per chunk task")

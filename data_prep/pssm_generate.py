@@ -103,8 +103,6 @@ def _run_psiblast(queries, db_fasta: str, out: Path, pssm_dir: Path, iterations:
                   target_db: str | None) -> tuple[list[str], float]:
     psiblast, makeblastdb = require("psiblast"), require("makeblastdb")
     if target_db:
-        if not any(Path(target_db).parent.glob(Path(target_db).name + ".p[ai][ln]")):
-            raise DataPrepError(f"{target_db}: --target-db is not a BLAST protein DB (no {target_db}.pin or .pal)")
         db = Path(target_db).resolve()
     else:
         db = out / "blastdb" / "db"
@@ -128,8 +126,6 @@ def _run_mmseqs(queries, db_fasta: str, out: Path, pssm_dir: Path, opts: MmseqsO
     opts.check()
     mmseqs = require("mmseqs")
     if target_db:
-        if not Path(f"{target_db}.index").is_file():
-            raise DataPrepError(f"{target_db}: --target-db is not an mmseqs DB (no {target_db}.index)")
         target = str(Path(target_db).resolve())
     else:
         t0 = time.time()
@@ -143,8 +139,15 @@ def _run_mmseqs(queries, db_fasta: str, out: Path, pssm_dir: Path, opts: MmseqsO
     return [status for statuses, _ in done for status in statuses], sum(cpu for _, cpu in done)
 
 
-def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations: int = 3, evalue: float | None = None,
-                   engine: str = "psiblast", mmseqs: MmseqsOptions | None = None,
+def _check_target_db(engine: str, target_db: str) -> None:
+    if engine == "psiblast" and not any(Path(target_db).parent.glob(Path(target_db).name + ".p[ai][ln]")):
+        raise DataPrepError(f"{target_db}: --target-db is not a BLAST protein DB (no {target_db}.pin or .pal)")
+    if engine == "mmseqs" and not Path(f"{target_db}.index").is_file():
+        raise DataPrepError(f"{target_db}: --target-db is not an mmseqs DB (no {target_db}.index)")
+
+
+def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations: int = 3,
+                   evalue: float | None = None, engine: str = "psiblast", mmseqs: MmseqsOptions | None = None,
                    target_db: str | None = None) -> dict:
     if engine not in ENGINES:
         raise DataPrepError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
@@ -154,6 +157,10 @@ def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations
     pssm_dir = out / "pssm"
     if not target_db and not (db_fasta and Path(db_fasta).is_file()):
         raise DataPrepError(f"{db_fasta}: no such file" if db_fasta else "--db or --target-db is needed")
+    if engine == "mmseqs":
+        (mmseqs or MmseqsOptions()).check()
+    if target_db:
+        _check_target_db(engine, target_db)
     queries, rejects, n_records = read_queries(fasta)
     shutil.rmtree(pssm_dir, ignore_errors=True)
     pssm_dir.mkdir(parents=True)
@@ -168,17 +175,19 @@ def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations
         opts.evalue = opts.evalue if evalue is None else evalue
         evalue = opts.evalue
         results, cpu = _run_mmseqs(queries, db_fasta, out, pssm_dir, opts, target_db)
-        settings = {"e_profile": opts.e_profile, "sensitivity": opts.sensitivity, "max_seqs": opts.max_seqs, "chunk_size": opts.chunk_size,
-                    "threads_per_task": opts.threads}
+        settings = {"e_profile": opts.e_profile, "sensitivity": opts.sensitivity, "max_seqs": opts.max_seqs,
+                    "chunk_size": opts.chunk_size, "threads_per_task": opts.threads}
     seconds = time.time() - t0
-    written = 0
+    written, failures = 0, Counter()
     for (base, _, _), status in zip(queries, results):
         if status == "ok":
             written += 1
         else:
             rejects.append({**base, "reason": status.split(":")[0]})
             if "failed" in status:
-                log.error("%s: %s: %s", fasta, base["id"], status)
+                failures[status] += 1
+    for status, count in failures.items():  # a failed mmseqs chunk fails all its queries: one line each
+        log.error("%s: %d queries: %s", fasta, count, status)
     rejects.sort(key=lambda r: (r["record_index"], r["reason"]))  # input order, whatever the engine
     shards.write_rejects(pa.Table.from_pylist(rejects, schema=shards.REJECT_SCHEMA), out)
     rejected = Counter(r["reason"] for r in rejects)

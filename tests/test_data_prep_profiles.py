@@ -169,7 +169,8 @@ def test_pretraining_runs_on_mmseqs_profiles_as_on_psiblast_ones(sample_set, mms
     out, _ = mmseqs_run
     ids = list(sample_set["psiblast"])
     records = sample_set["records"]  # NOHIT1 and bad.id (a fine id for a sequence row) have no PSSM
-    assert _training_shards(records, {rid: out / "pssm" / f"{rid}.pssm" for rid in ids}, tmp_path / "mm" / "joined") == 2
+    assert _training_shards(records, {rid: out / "pssm" / f"{rid}.pssm" for rid in ids},
+                            tmp_path / "mm" / "joined") == 2
     assert _training_shards(records, {rid: SAMPLE / "pssm" / f"{rid}.pssm.gz" for rid in ids},
                             tmp_path / "ps" / "joined") == 2
     logs = {}
@@ -188,3 +189,21 @@ def test_pretraining_runs_on_mmseqs_profiles_as_on_psiblast_ones(sample_set, mms
     assert mm[0]["ce"] == pytest.approx(ps[0]["ce"], rel=1e-6)  # same model, same tokens before any update
     assert all(m["kl"] > 0 and np.isfinite(m["joint"]) for m in mm + ps)  # both targets train the PSSM head
     assert sorted(mm[0]) == sorted(ps[0])
+
+
+def test_mmseqs_user_errors_name_the_tool_option_or_file(tmp_path, monkeypatch):
+    from data_prep.errors import DataPrepError
+    from data_prep.profiles_mmseqs import MmseqsOptions
+    from data_prep.pssm_generate import generate_pssms
+
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">P1\nMKV\n")
+    with pytest.raises(DataPrepError, match=r"^--sensitivity: 9 is not in 1.0..7.5"):
+        generate_pssms(str(fasta), str(fasta), tmp_path / "o", engine="mmseqs", mmseqs=MmseqsOptions(sensitivity=9))
+    with pytest.raises(DataPrepError, match=r"^.*/nowhere: --target-db is not an mmseqs DB"):
+        generate_pssms(str(fasta), None, tmp_path / "o", engine="mmseqs", target_db=str(tmp_path / "nowhere"))
+    with pytest.raises(DataPrepError, match=r"^--db or --target-db is needed"):
+        generate_pssms(str(fasta), None, tmp_path / "o", engine="mmseqs")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DataPrepError, match=r"^mmseqs: not found on PATH; install MMseqs2"):
+        generate_pssms(str(fasta), str(fasta), tmp_path / "o", engine="mmseqs")
