@@ -12,6 +12,7 @@ mmseqs parses headers or orders its DB.
 from __future__ import annotations
 
 import logging
+import mmap
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -57,14 +58,27 @@ def build_target(mmseqs: str, db_fasta: str, target_dir: Path, threads: int) -> 
     return str(prefix)
 
 
-def read_db(prefix: Path) -> dict[int, bytes]:
-    """An mmseqs DB (data + .index: key, offset, length incl. the trailing NUL) -> {key: entry}."""
-    data = Path(prefix).read_bytes()
-    entries = {}
-    for line in Path(f"{prefix}.index").read_text().splitlines():
-        key, offset, length = (int(x) for x in line.split("\t"))
-        entries[key] = data[offset:offset + length].rstrip(b"\0")
-    return entries
+class MmseqsDB:
+    """An mmseqs DB (data file + .index: key, offset, length incl. the trailing NUL), memory-mapped:
+    a chunk's MSAs can be GBs, and one entry at a time is all the conversion needs."""
+
+    def __init__(self, prefix: Path):
+        self.where = {}
+        for line in Path(f"{prefix}.index").read_text().splitlines():
+            key, offset, length = (int(x) for x in line.split("\t"))
+            self.where[key] = (offset, length)
+        self._file = open(prefix, "rb")
+        size = Path(prefix).stat().st_size
+        self._data = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+
+    def __getitem__(self, key: int) -> bytes:
+        offset, length = self.where[key]
+        return bytes(self._data[offset:offset + length]).rstrip(b"\0")
+
+    def close(self) -> None:
+        if self._data:
+            self._data.close()
+        self._file.close()
 
 
 def search_chunk(queries: list[tuple[str, str]], target: str, pssm_dir: str,
@@ -101,19 +115,24 @@ def _search(queries: list[tuple[str, str]], target: str, pssm_dir: str, opts: Mm
         for line in (t / "qdb.lookup").read_text().splitlines():
             key, name = line.split("\t")[:2]
             key_to_index[int(key)] = int(name[1:])
-        hits = {key_to_index[k] for k, entry in read_db(t / "res").items() if entry}
-        msas = {key_to_index[k]: entry for k, entry in read_db(t / "msa").items()}
+        results, msas = MmseqsDB(t / "res"), MmseqsDB(t / "msa")
+        hits = {key_to_index[k] for k, (_, length) in results.where.items() if length > 1}  # not just the NUL
+        msa_key = {key_to_index[k]: k for k in msas.where}
         status = []
-        for i, (rid, seq) in enumerate(queries):
-            if i not in hits:
-                status.append("no_hits")
-                continue
-            where = f"{rid}: mmseqs result2msa entry"
-            query, percent = msa_percent(msas[i], where)
-            if len(query) != len(seq):
-                raise DataPrepError(f"{where}: query row has {len(query)} residues, the input {len(seq)}")
-            write_ascii_pssm(Path(pssm_dir) / f"{rid}.pssm", seq, percent)
-            status.append("ok")
+        try:
+            for i, (rid, seq) in enumerate(queries):
+                if i not in hits:
+                    status.append("no_hits")
+                    continue
+                where = f"{rid}: mmseqs result2msa entry"
+                query, percent = msa_percent(msas[msa_key[i]], where)
+                if len(query) != len(seq):
+                    raise DataPrepError(f"{where}: query row has {len(query)} residues, the input {len(seq)}")
+                write_ascii_pssm(Path(pssm_dir) / f"{rid}.pssm", seq, percent)
+                status.append("ok")
+        finally:
+            results.close()
+            msas.close()
         return status
 
 
