@@ -14,6 +14,7 @@ dp labels deeploc sample/deeploc/deeploc_our_val_set.fasta --out "$D/deeploc_tra
 # evaluating all of them took minutes per model on 2 cores. `make proof` uses the whole set.
 awk '/^>/ {n++} n % 3 == 1' sample/deeploc/deeploc_test_set.fasta > "$W/deeploc_test_third.fasta"
 dp labels deeploc "$W/deeploc_test_third.fasta" --out "$D/deeploc_test"
+dp labels deeploc sample/deeploc/deeploc_test_set.fasta --out "$W/deeploc_test_all"  # for the homology split
 dp labels flip sample/flip --splits train,valid --out "$D/ss_train"
 dp labels flip sample/flip --splits test --out "$W/flip_test"
 dp labels netsurfp sample/netsurfp/CASP12_HHblits.csv sample/netsurfp/TS115_HHblits.csv --out "$W/netsurfp"
@@ -21,7 +22,7 @@ dp merge "$W/flip_test" "$W/netsurfp" --out "$D/ss_test"
 dp --num-cpus 2 fasta sample/corpus.fasta --dedupe --out "$W/corpus_sequences"
 dp --num-cpus 2 pssm sample/pssm --sequences "$W/corpus_sequences" --out "$W/corpus_pssm"
 # Training sequences homologous to any evaluation protein are removed (MMseqs2, 30% id, 80% cov).
-dp split --train "$W/corpus_pssm" --eval "$D/deeploc_test" "$D/ss_test" --out "$D/corpus" --threads 2
+dp split --train "$W/corpus_pssm" --eval "$W/deeploc_test_all" "$D/ss_test" --out "$D/corpus" --threads 2
 echo "data_prep demo outputs:"
 for d in corpus deeploc_train deeploc_test ss_train ss_test; do
   "$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(f'  {sys.argv[2]:14s} kind={m[\"kind\"]:9s} rows={m[\"rows\"]:6d} rejected={m[\"rejected\"]}')" \
