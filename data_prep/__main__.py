@@ -42,7 +42,8 @@ def _cmd_pssm_generate(a):
     from .pssm_generate import generate_pssms
 
     opts = MmseqsOptions(sensitivity=a.sensitivity, max_seqs=a.max_seqs, threads=a.threads, e_profile=a.e_profile,
-                         chunk_size=a.chunk_size, split_memory_limit=a.split_memory_limit)
+                         chunk_size=a.chunk_size, split_memory_limit=a.split_memory_limit,
+                         low_complexity=a.mask_low_complexity)
     return generate_pssms(a.fasta, a.db, a.out, iterations=a.iterations, evalue=a.evalue, engine=a.engine,
                           mmseqs=opts, target_db=a.target_db)
 
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=1, help="mmseqs threads (and Ray CPUs) per chunk task")
     g.add_argument("--chunk-size", type=int, default=1000, help="mmseqs: queries per Ray task")
     g.add_argument("--split-memory-limit", default="", help="mmseqs --split-memory-limit, e.g. 4G")
+    g.add_argument("--mask-low-complexity", action="store_true",
+                   help="mmseqs: keep its low-complexity masking and compositional bias correction (off by default)")
     g.add_argument("--target-db", default=None,
                    help="an existing DB prefix to search instead of building one from --db (mmseqs: createdb + "
                         "createindex; psiblast: makeblastdb), on storage every node reads")

@@ -34,6 +34,9 @@ class MmseqsOptions:
     threads: int = 1               # per Ray task (the task reserves as many Ray CPUs)
     chunk_size: int = 1000         # queries per task: bigger batches amortise the index scan
     split_memory_limit: str = ""   # mmseqs --split-memory-limit, e.g. "4G" on small nodes
+    # mmseqs masks low-complexity k-mers and corrects compositional bias by default; psiblast
+    # does neither by default, and turning both off brought the profiles closer (docs/benchmarks.md)
+    low_complexity: bool = False
 
     def check(self) -> None:
         if not 1 <= self.iterations <= 10:
@@ -103,6 +106,8 @@ def _search(queries: list[tuple[str, str]], target: str, pssm_dir: str, opts: Mm
                   "-e", str(opts.evalue), "--e-profile", str(opts.e_profile), "--max-seqs", str(opts.max_seqs)]
         if opts.split_memory_limit:
             search += ["--split-memory-limit", opts.split_memory_limit]
+        if not opts.low_complexity:
+            search += ["--mask", "0", "--comp-bias-corr", "0"]
         steps = [[mmseqs, "createdb", str(t / "q.fasta"), str(t / "qdb"), "-v", "1"], search + common,
                  [mmseqs, "result2msa", str(t / "qdb"), target, str(t / "res"), str(t / "msa"),
                   "--msa-format-mode", "2"] + common]

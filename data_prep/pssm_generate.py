@@ -176,7 +176,8 @@ def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations
         evalue = opts.evalue
         results, cpu = _run_mmseqs(queries, db_fasta, out, pssm_dir, opts, target_db)
         settings = {"e_profile": opts.e_profile, "sensitivity": opts.sensitivity, "max_seqs": opts.max_seqs,
-                    "chunk_size": opts.chunk_size, "threads_per_task": opts.threads}
+                    "chunk_size": opts.chunk_size, "threads_per_task": opts.threads,
+                    "low_complexity_masking": opts.low_complexity}
     seconds = time.time() - t0
     written, failures = 0, Counter()
     for (base, _, _), status in zip(queries, results):
