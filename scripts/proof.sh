@@ -104,7 +104,7 @@ ss_cnn() {  # NAME OUTDIR SEEDS [--set ...]: the SeqVec CNN on frozen per-residu
   ft ss --config finetune/configs/cnn.yaml --name "$name" --group proof --seeds "$seeds" \
     --train "$E/$name/ss_train" --test "$E/$name/ss_test" --out "$dir" ${CNN_SET[@]+"${CNN_SET[@]}"} "$@" \
     ${FT_COMMON[@]+"${FT_COMMON[@]}"} \
-    > "$dir.log"
+    2>&1 | tee "$dir.log"
   touch "$dir/complete"
 }
 
@@ -154,7 +154,7 @@ deeploc() {  # NAME OUTDIR METHODS [finetune flags...]
   done_in "$dir/complete" && return
   ft deeploc --config finetune/configs/la.yaml --name "$name" --group proof --methods "$methods" \
     --train "$E/$name/deeploc_train" --test "$E/$name/deeploc_test" --out "$dir" "$@" \
-    ${FT_COMMON[@]+"${FT_COMMON[@]}"} > "$dir.log"
+    ${FT_COMMON[@]+"${FT_COMMON[@]}"} 2>&1 | tee "$dir.log"
   touch "$dir/complete"
 }
 
@@ -171,7 +171,7 @@ stage_evaluate() {
     "$PY" -m pretrain eval --model "$M/bilstm" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_bilstm.json"
   for name in $(embedders); do
     deeploc "$name" "$F/deeploc_la/$name" la --seeds "$seeds" ${LA_SET[@]+"${LA_SET[@]}"}
-    say "evaluate $name: $(grep -h '^\[finetune\].*Q10' "$F/deeploc_la/$name.log" | tail -1)"
+    say "evaluate $name: $(grep -h 'la seed.*Q10' "$F/deeploc_la/$name.log" | tail -1)"
   done
 }
 
