@@ -4,7 +4,7 @@
 # Trains the CE+KL biLSTM, a CE-only biLSTM and the multitask encoder with the cpu_proof configs
 # on the full shared corpus, evaluates frozen embeddings (one-hot, biLSTM, multitask) on the
 # DeepLoc and secondary-structure test sets, and writes docs/results.md + docs/results.json.
-# About 2-3 hours on a quiet 2-core machine; not part of CI (tests/test_proof.py runs it with PROOF_TINY=1).
+# About 4-5 hours on a quiet 2-core machine (the stages as measured: docs/results.md); not part of CI (tests/test_proof.py runs it with PROOF_TINY=1).
 # Each stage skips what it has already finished, so an interrupted run continues where it stopped;
 # PROOF_FRESH=1 starts over.
 #
@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"; SHARED="${SHARED:-../shared}"
 OUT="${PROOF_OUT:-runs/proof}"; RESULTS="${RESULTS:-docs/results}"; TINY="${PROOF_TINY:-0}"
 export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$OUT}" WANDB_SILENT="${WANDB_SILENT:-true}"
+# Ray starts its workers at nice 15: on a shared machine the training workers would get a fraction
+# of a core while their driver waits. The proof run's workers run at normal priority.
+export RAY_worker_niceness="${RAY_worker_niceness:-0}"
 D="$OUT/data"; W="$D/work"; M="$OUT/models"; E="$OUT/embeddings"; F="$OUT/finetune"
 if [ "$TINY" = 1 ]; then
   SRC=sample; SEEDS="${SEEDS:-1}"
