@@ -40,33 +40,7 @@ def _init_ray(num_cpus: int | None):
         ctx.print_on_execution_start = False
 
 
-_EMBEDDING = {"total": 0, "what": "embedding"}  # what the progress line of the current run_embed counts
-
-
-def _with_progress(extract_module):
-    """Progress (count, rate, ETA every 10 s) for run_embed: its batch sources are wrapped,
-    because finetune.extract's loop has no progress hook of its own."""
-    from engine.logs import CountProgress
-
-    def counted(source):
-        def batches(*a, **kw):
-            progress = CountProgress(_EMBEDDING["total"], _EMBEDDING["what"], log)
-            for batch in source(*a, **kw):
-                progress.add(batch.num_rows)
-                yield batch
-        batches.counted = True
-        return batches
-
-    for name in ("_ray_batches", "_local_batches"):
-        source = getattr(extract_module, name, None)
-        if source is not None and not getattr(source, "counted", False):
-            setattr(extract_module, name, counted(source))
-
-
 def cmd_embed(args) -> None:
-    from data_prep.shards import read_manifest
-
-    from . import extract
     from .config import EmbedConfig, load_config
     from .extract import run_embed
 
@@ -77,14 +51,9 @@ def cmd_embed(args) -> None:
         raise FinetuneError("--hdf5 takes one --data directory")
     if not args.local:
         _init_ray(args.num_cpus)
-    _with_progress(extract)
     # several shard dirs share one Ray start; each goes to OUT/<its name>
     outs = [args.out] if len(args.data) == 1 else [str(Path(args.out) / Path(d).name) for d in args.data]
     for data, out in zip(args.data, outs):
-        try:
-            _EMBEDDING.update(total=read_manifest(data)["rows"], what=f"embedding {Path(data).name}")
-        except (OSError, KeyError, ValueError):
-            pass  # run_embed names what is wrong with the directory
         manifest = run_embed(args.model, data, out, cfg, hdf5=args.hdf5, use_ray=not args.local)
         log.info(f"embedded {manifest['rows']} proteins ({manifest['residues']} residues, dim {manifest['dim']}, "
                  f"{manifest['chunked']} chunked) with {manifest['model']} in {manifest['seconds']}s -> {out}")

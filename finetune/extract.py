@@ -15,6 +15,7 @@ HDF5 in the bio_embeddings convention (one dataset per protein id, attribute `or
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,11 +29,14 @@ from data_prep.errors import DataPrepError
 from data_prep.shards import check_schema, data_files, residue_arrays, write_manifest
 from data_prep.vocab import PAD_ID
 from engine.batching import pack_batches
+from engine.logs import CountProgress
 from engine.ray_env import ensure_ray
 
 from .config import EmbedConfig
 from .embedders import describe, load_embedder
 from .errors import FinetuneError
+
+log = logging.getLogger("finetune")
 
 # Input columns that are not carried into embedding shards (the embedding replaces them).
 DROPPED_COLUMNS = {"sequence", "tokens", "pssm", "zero_row", "description"}
@@ -274,7 +278,9 @@ def run_embed(model: str, data_dir: str | Path, out: str | Path, cfg: EmbedConfi
     t0 = time.perf_counter()
     try:
         batches = (_ray_batches if use_ray else _local_batches)(model, data_dir, cfg, columns)
+        progress = CountProgress(source["rows"], f"embedding {data_dir.name}", log)
         for batch in batches:
+            progress.add(batch.num_rows)
             if batch.num_rows == 0:
                 continue
             dim = dim or len(batch.column("pooled")[0])
