@@ -44,6 +44,7 @@ else
   FT_COMMON=(); LA_SET=(--set train.patience=20 train.max_epochs=100 data.max_length=1000 deepspeed.bf16=true)
   CNN_SET=(--set train.patience=2 train.max_epochs=10)
   BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
+  PROFILE_SENSITIVITY="${PROFILE_SENSITIVITY:-5.7}"
 fi
 [ "${PROOF_FRESH:-0}" = 1 ] && rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -57,6 +58,7 @@ json_get() {  # FILE PYTHON-EXPRESSION-OF-d: one value of a JSON file
 stage_data() {
   done_in "$D/corpus/manifest.json" && { say "data: done"; return; }
   mkdir -p "$W"
+  profiles
   dp labels deeploc "$DEEPLOC/deeploc_our_val_set.fasta" --out "$D/deeploc_train"
   dp labels deeploc "$DEEPLOC/deeploc_test_set.fasta" --out "$D/deeploc_test"
   dp labels flip "$FLIP" --splits train,valid --out "$D/ss_train"
@@ -64,21 +66,40 @@ stage_data() {
   dp labels netsurfp "${NETSURFP[@]}" --out "$W/netsurfp"
   dp merge "$W/flip_test" "$W/netsurfp" --out "$D/ss_test"
   dp --num-cpus 2 fasta "$CORPUS" --dedupe --out "$W/corpus_sequences"
+  # Real PSSMs first (the first file for a sequence wins), then the generated profiles for the rest.
   # The shared PSSM files are named by accession, the corpus rows by source: join on residues.
-  dp --num-cpus 2 pssm "$PSSMS" --sequences "$W/corpus_sequences" --join-on "$JOIN" --out "$W/corpus_pssm"
+  dp --num-cpus 2 pssm "$PSSMS" "$W/profiles/pssm" --sequences "$W/corpus_sequences" --join-on "$JOIN" \
+    --out "$W/corpus_pssm"
   # Corpus proteins homologous to any test protein are removed (MMseqs2, 30% identity, 80% cover).
   dp split --train "$W/corpus_pssm" --eval "$D/deeploc_test" "$D/ss_test" --out "$D/corpus" --threads 2
   say "data: $(cat "$D/corpus/manifest.json" | tr -d '\n' | head -c 300)"
 }
 
 
+# Only about 600 corpus proteins have a real PSSM, too few for the KL term to matter: MMseqs2
+# profiles for the whole corpus against itself (issue 14's engine; -s 5.7 is 13x cheaper than
+# psiblast per query, about 30 CPU-minutes here, docs/benchmarks.md).
+profiles() {
+  done_in "$W/profiles/manifest.json" && return
+  dp --num-cpus 2 pssm generate --engine mmseqs --fasta "$CORPUS" --db "$CORPUS" --out "$W/profiles" \
+    --sensitivity "$PROFILE_SENSITIVITY" --chunk-size "${PROFILE_CHUNK:-2000}"
+}
+
 # One pretraining run: train (a run directory that exists is resumed), then export.
-pretrain_run() {  # NAME [--set overrides...]
-  local name=$1; shift
+pretrain_run() {  # NAME [overrides...] [--export-layers L --export-combine C]
+  local name=$1 export=(); shift
+  local sets=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --export-layers) export+=(--layers "$2"); shift 2 ;;
+      --export-combine) export+=(--combine "$2"); shift 2 ;;
+      *) sets+=("$1"); shift ;;
+    esac
+  done
   done_in "$M/$name/config.json" && { say "pretrain $name: done"; return; }
   "$PY" -m pretrain train --config pretrain/configs/cpu_proof.yaml --data "$D/corpus" \
-    --set "ray.storage_path=$OUT/ray" "ray.name=$name" "$@" ${PRETRAIN_SET[@]+"${PRETRAIN_SET[@]}"}
-  "$PY" -m pretrain export --run "$OUT/ray/$name" --out "$M/$name"
+    --set "ray.storage_path=$OUT/ray" "ray.name=$name" ${sets[@]+"${sets[@]}"} ${PRETRAIN_SET[@]+"${PRETRAIN_SET[@]}"}
+  "$PY" -m pretrain export --run "$OUT/ray/$name" --out "$M/$name" ${export[@]+"${export[@]}"}
 }
 
 stage_pretrain() { pretrain_run bilstm; }
@@ -178,20 +199,28 @@ stage_evaluate() {
   done
 }
 
-# PEvoLM's question, does the PSSM term help? The same model and steps with cross-entropy only,
-# evaluated like the CE+KL model and compared with it side by side (ops.compare).
+# PEvoLM's question, does the PSSM term help? Two biLSTMs with the same config, data, seed and
+# ABLATION_STEPS (half the main run's steps, so that the pair costs what one more full run would):
+# CE+KL and cross-entropy only. Each is evaluated the same way (held-out CE, the CNN on secondary
+# structure with the chosen layers, the MLP on DeepLoc) and their curves go side by side (ops.compare).
 stage_ablation() {
-  pretrain_run bilstm_ce model.pssm_head=false loss.w_ce=1.0 loss.w_kl=0.0 "wandb.tags=[proof,bilstm,ce-only]"
-  done_in "$F/lm_bilstm_ce.json" || \
-    "$PY" -m pretrain eval --model "$M/bilstm_ce" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_bilstm_ce.json"
-  local chosen combine layers; chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
+  local steps="${ABLATION_STEPS:-550}" chosen combine layers seeds
+  seeds=$(seq -s, 0 $((SEEDS - 1)))
+  chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
   combine=$(json_get "$M/$chosen/config.json" 'd["embedding"]["combine"]')
   layers=$(json_get "$M/$chosen/config.json" '",".join(map(str, d["embedding"]["layers"]))')
-  done_in "$M/bilstm_ce_chosen/config.json" || \
-    "$PY" -m pretrain export --run "$OUT/ray/bilstm_ce" --out "$M/bilstm_ce_chosen" --layers "$layers" --combine "$combine"
-  embed "$M/bilstm_ce_chosen" bilstm_ce_chosen ss_train ss_test
-  ss_cnn bilstm_ce_chosen "$F/ss/bilstm_ce_chosen" 0
-  "$PY" -m ops.compare "$OUT/ray/bilstm" "$OUT/ray/bilstm_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity,loss
+  pretrain_run ablation_ce_kl train.max_steps="$steps" "wandb.tags=[proof,bilstm,ablation,ce-kl]" \
+    --export-layers "$layers" --export-combine "$combine"
+  pretrain_run ablation_ce train.max_steps="$steps" model.pssm_head=false loss.w_ce=1.0 loss.w_kl=0.0 \
+    "wandb.tags=[proof,bilstm,ablation,ce-only]" --export-layers "$layers" --export-combine "$combine"
+  for name in ablation_ce_kl ablation_ce; do
+    done_in "$F/lm_$name.json" || \
+      "$PY" -m pretrain eval --model "$M/$name" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_$name.json"
+    embed "$M/$name" "$name" ss_train ss_test deeploc_train deeploc_test
+    ss_cnn "$name" "$F/ss/$name" 0
+    deeploc "$name" "$F/deeploc/$name" mlp --seeds "$seeds"
+  done
+  "$PY" -m ops.compare "$OUT/ray/ablation_ce_kl" "$OUT/ray/ablation_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity,loss
 }
 
 stage_report() {

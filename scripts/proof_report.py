@@ -93,18 +93,27 @@ def collect(proof: Path) -> dict:
         if not ss[label] and label == "bilstm":  # only the layer-choice run finished: say so
             ss[label] = {r["test_set"]: {**r, "from_layer_choice": True}
                          for r in rows_of(f / "choose" / name / "results.json")}
-    ablation = {r["test_set"]: r for r in rows_of(f / "ss" / "bilstm_ce_chosen" / "results.json")}
+    ablation = {label: {"lm": load(f / f"lm_{name}.json"),
+                        "ss": {r["test_set"]: r for r in rows_of(f / "ss" / name / "results.json")},
+                        "mlp": {r["method"]: r for r in rows_of(f / "deeploc" / name / "results.json")}.get("mlp"),
+                        "steps": max((p["step"] for p in curve(proof / "ray" / name / "metrics.jsonl", "ce")), default=None)}
+                for label, name in (("CE+KL", "ablation_ce_kl"), ("CE only", "ablation_ce"))}
+    corpus = load(proof / "data" / "corpus" / "manifest.json") or {}
     mt_eval = load(proof / "ray" / "multitask" / "eval.json") or {}
     return {
         "machine": machine(),
         "layer_choice": choice,
         "deeploc": deeploc,
         "ss": ss,
-        "lm": {"bilstm": load(f / "lm_bilstm.json"), "bilstm_ce": load(f / "lm_bilstm_ce.json")},
-        "ablation_ss": ablation,
+        "lm": {"bilstm": load(f / "lm_bilstm.json")},
+        "ablation": ablation if any(a["lm"] for a in ablation.values()) else {},
+        "corpus_with_pssm": (corpus["rows"] - corpus["without_pssm"]) if "without_pssm" in corpus else None,
+        "corpus_rows": corpus.get("rows"),
         "multitask_heads": mt_eval.get("results", {}),
         "curves": {"biLSTM CE+KL, next-residue CE": curve(proof / "ray" / "bilstm" / "metrics.jsonl", "ce"),
-                   "biLSTM CE-only, next-residue CE": curve(proof / "ray" / "bilstm_ce" / "metrics.jsonl", "ce"),
+                   "ablation CE+KL, next-residue CE": curve(proof / "ray" / "ablation_ce_kl" / "metrics.jsonl", "ce"),
+                   "ablation CE+KL, KL to the PSSM": curve(proof / "ray" / "ablation_ce_kl" / "metrics.jsonl", "kl"),
+                   "ablation CE-only, next-residue CE": curve(proof / "ray" / "ablation_ce" / "metrics.jsonl", "ce"),
                    "multitask, total loss": curve(proof / "ray" / "multitask" / "metrics.jsonl", "loss"),
                    "multitask, ss3 CE": curve(proof / "ray" / "multitask" / "metrics.jsonl", "loss/ss3"),
                    "multitask, location CE": curve(proof / "ray" / "multitask" / "metrics.jsonl", "loss/location"),
@@ -181,13 +190,20 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
         lines += ["", f"Layer combination, chosen by the CNN's FLIP validation loss (one seed): **{choice['chosen']}** "
                   f"(" + ", ".join(f"{k} {v:.4f}" for k, v in choice["validation_loss"].items()) + ")."]
         lines += [f"Not measured: {k}: {why}." for k, why in choice.get("not_measured", {}).items()]
-    if r["ablation_ss"]:
-        kl, ce = r["ss"].get("bilstm", {}), r["ablation_ss"]
-        lines += ["", "### Does the PSSM term help? CE+KL vs CE-only, same model and steps", "",
-                  "| model | held-out CE | CB513 Q3 | TS115 Q3 | CASP12 Q3 |", "|---|---|---|---|---|"]
-        for label, lm, ss in (("CE+KL", r["lm"].get("bilstm"), kl), ("CE only", r["lm"].get("bilstm_ce"), ce)):
-            lines.append(f"| {label} | {lm['ce']:.4f} | " if lm else f"| {label} | – | ")
-            lines[-1] += " | ".join(pm(ss.get(s), "q3") for s in ("cb513", "ts115", "casp12")) + " |"
+    if r["ablation"]:
+        a = r["ablation"]
+        steps = a["CE+KL"]["steps"] or a["CE only"]["steps"]
+        lines += ["", "### Does the PSSM term help? CE+KL vs CE-only (PEvoLM's question)", "",
+                  f"Two biLSTMs with the same config, corpus, seed and {steps} steps (the pair costs what one "
+                  "more main run would), evaluated the same way: held-out CE on the DeepLoc test proteins, the "
+                  "CNN (one seed) on the chosen layers, the DeepLoc MLP."]
+        if r.get("corpus_with_pssm") is not None:
+            lines += [f"Training proteins with a PSSM (real, else MMseqs2-made): {r['corpus_with_pssm']} of "
+                      f"{r['corpus_rows']}."]
+        lines += ["", *table(["model", "held-out CE", "CB513 Q3", "TS115 Q3", "CASP12 Q3", "DeepLoc Q10 (MLP)"],
+                             [[label, f"{x['lm']['ce']:.4f}" if x["lm"] else "–",
+                               *(pm(x["ss"].get(s), "q3") for s in ("cb513", "ts115", "casp12")), pm(x["mlp"], "q10")]
+                              for label, x in a.items()])]
         lines += ["", "Training curves side by side: `ops.compare` output in the run's finetune/compare_ce_kl/."]
     if r["multitask_heads"]:
         keys = ("q3", "q8", "disorder_mcc", "q10", "q2")

@@ -55,8 +55,14 @@ def test_proof_script_tiny_end_to_end(tmp_path):
             assert 0 < row["q3"] < 1 and row.get("q8") is None  # FLIP has no 8-state labels
     lm = r["lm"]["bilstm"]
     assert math.isfinite(lm["ce"]) and lm["unigram_ce"] > 2.5 and lm["proteins"] > 0
-    assert r["lm"]["bilstm_ce"]["ce"] != lm["ce"]  # the CE-only ablation is its own model
-    assert r["ablation_ss"] and r["multitask_heads"]
+    # the ablation pair: two models of their own, each evaluated like the others
+    pair = r["ablation"]
+    assert pair["CE+KL"]["lm"]["ce"] != pair["CE only"]["lm"]["ce"]
+    for x in pair.values():
+        assert x["ss"] and 0 <= x["mlp"]["q10"] <= 1 and x["steps"] == 4
+    # every corpus protein has a profile: the real PSSM or one made by MMseqs2 in the data stage
+    assert r["corpus_with_pssm"] == r["corpus_rows"] > 0
+    assert r["multitask_heads"]
     # the bundled sample has no CB513: those two targets are "not measured", the others measured
     assert [t["met"] is not None for t in r["targets"]] == [False, True, False, True]
     assert {t["stage"] for t in r["timings"]} >= {"data", "pretrain", "multitask", "evaluate", "ablation"}
