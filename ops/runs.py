@@ -117,10 +117,10 @@ def read_results(path: str | Path) -> ResultRows:
 
 def find_local(root: Path) -> tuple[list[Path], list[Path]]:
     """(training run dirs, results.json files) at or below `root`, sorted."""
-    if (root / RESULTS_FILE).is_file():
-        return [], [root / RESULTS_FILE]  # a finetune results dir (its metrics.jsonl is the table)
-    if (root / METRICS_FILE).is_file():
+    if (root / METRICS_FILE).is_file() and not (root / RESULTS_FILE).is_file():
         return [root], []
+    # A finetune results dir's own metrics.jsonl is its table, not a training run; its heads' runs
+    # and the results below a merged table (which repeats some of their rows) are still found.
     runs, results = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("checkpoint_"))

@@ -9,7 +9,7 @@ export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_DIR="${WANDB_DIR:-$DEMO_OUT}" W
 export PROTLM_LOG_DIR="${PROTLM_LOG_DIR:-$DEMO_OUT/logs}"
 mkdir -p "$DEMO_OUT" "$PROTLM_LOG_DIR"
 echo "stage wall_s user_s sys_s" > "$DEMO_OUT/timings.txt"
-stages=(data_prep pretrain multitask finetune cluster)
+stages=(data_prep pretrain multitask finetune compare)
 for i in "${!stages[@]}"; do
   stage=${stages[$i]}
   script="scripts/demo_${stage}.sh"

@@ -77,6 +77,22 @@ def test_reads_the_engines_run_files_and_compares_within_a_kind(demo_like):
     assert table["result_metrics"] == ["q10", "mcc"]
 
 
+def test_a_folder_with_a_merged_table_still_yields_the_results_below_it(tmp_path):
+    """The demo's finetune folder: results.json (the merged DeepLoc table) beside deeploc/ and ss/
+    (the secondary-structure results are in no merged table of that folder)."""
+    ft = tmp_path / "finetune"
+    write_results(ft / "deeploc" / "onehot", "onehot", 0.40)
+    (ft / "results.json").write_text((ft / "deeploc/onehot/results.json").read_text())
+    ss = ft / "ss" / "onehot"
+    ss.mkdir(parents=True)
+    (ss / "results.json").write_text(json.dumps([{"embedder": "onehot", "method": "cnn", "test_set": "cb513",
+                                                   "q3": 0.65, "q3_se": 0.01}]))
+    runs, results = load([str(ft)])
+    table = comparison(runs, results)
+    assert runs == [] and sorted((r["method"], r["test_set"]) for r in table["results"]) == \
+        [("cnn", "cb513"), ("la", ""), ("majority", "")]
+
+
 def test_cli_writes_tables_and_plots(demo_like, tmp_path, capsys):
     ray = demo_like / "ray"
     # the proof's command line
