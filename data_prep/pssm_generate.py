@@ -179,10 +179,11 @@ def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations
                     "chunk_size": opts.chunk_size, "threads_per_task": opts.threads,
                     "low_complexity_masking": opts.low_complexity}
     seconds = time.time() - t0
-    written, failures = 0, Counter()
-    for (base, _, _), status in zip(queries, results):
+    written, residues, failures = 0, 0, Counter()
+    for (base, _, seq), status in zip(queries, results):
         if status == "ok":
             written += 1
+            residues += len(seq)
         else:
             rejects.append({**base, "reason": status.split(":")[0]})
             if "failed" in status:
@@ -195,7 +196,7 @@ def generate_pssms(fasta: str, db_fasta: str | None, out: str | Path, iterations
     log.info("%s: %d PSSMs, %d without hits, %.1f queries/s", engine, written, rejected["no_hits"],
              len(queries) / max(seconds, 1e-9))
     return shards.write_manifest(
-        out, kind="pssm_generate", rows=written, residues=0, sources=[str(fasta), str(target_db or db_fasta)],
+        out, kind="pssm_generate", rows=written, residues=residues, sources=[str(fasta), str(target_db or db_fasta)],
         rejected=rejected, input_records=n_records, pssm_dir=str(pssm_dir), engine=engine,
         iterations=iterations, evalue=evalue, queries=len(queries), without_pssm=rejected["no_hits"],
         seconds=round(seconds, 2), search_cpu_s=round(cpu, 2), **settings)

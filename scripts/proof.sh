@@ -32,6 +32,7 @@ if [ "$TINY" = 1 ]; then
   FT_COMMON=(--epochs 2 --local --no-wandb); CNN_SET=(); LOCAL=(--local)
   LA_SET=(--set data.max_length=400 data.max_batch_size=32)  # LA costs dim^2 per residue
   BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2")
+  PROFILE_SENSITIVITY="${PROFILE_SENSITIVITY:-1}"
 else
   SRC="$SHARED/data"; SEEDS="${SEEDS:-3}"
   CORPUS="$SRC/corpus/corpus_dedup.fasta"; PSSMS="$SRC/pssm"; JOIN=sequence

@@ -98,6 +98,7 @@ def test_mmseqs_profiles_ids_order_and_accounting(sample_set, mmseqs_run):
     assert summary["rejected"] == {"id_not_a_file_name": 1, "no_hits": 1}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "mmseqs" and manifest["without_pssm"] == 1 and manifest["iterations"] == 3
+    assert manifest["residues"] == 3029  # the residues of the queries with a PSSM file
     rej = pq.read_table(out / "rejects" / "part-00000.parquet").to_pylist()  # in input order
     assert [(r["id"], r["reason"], r["record_index"]) for r in rej] == [
         ("NOHIT1", "no_hits", 5), ("bad.id", "id_not_a_file_name", 9)]
