@@ -78,8 +78,8 @@ stage_data() {
 
 
 # Only about 600 corpus proteins have a real PSSM, too few for the KL term to matter: MMseqs2
-# profiles for the whole corpus against itself (issue 14's engine; -s 5.7 is 13x cheaper than
-# psiblast per query, about 30 CPU-minutes here, docs/benchmarks.md).
+# profiles for the whole corpus against itself (issue 14's engine; at -s 5.7, 24 CPU-minutes for
+# the 44k proteins, 16 min on 2 cores, 15x less CPU per query than psiblast: docs/benchmarks.md).
 profiles() {
   done_in "$W/profiles/manifest.json" && return
   dp --num-cpus 2 pssm generate --engine mmseqs --fasta "$CORPUS" --db "$CORPUS" --out "$W/profiles" \
