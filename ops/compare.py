@@ -90,9 +90,12 @@ def by_kind(runs: list[RunData]) -> dict[str, list[RunData]]:
 
 def default_metrics(runs: list[RunData]) -> list[str]:
     """Losses and accuracies (metrics with a goal) that every run of the group logs: the total
-    loss first, then held-out metrics, at most MAX_PANELS (--metrics picks others)."""
+    loss first (unless the runs' loss weights differ), then held-out metrics, at most MAX_PANELS
+    (--metrics picks others)."""
     common = set.intersection(*(set(r.metric_keys()) for r in runs))
     keys = [k for k in common if metric_goal(k) != "last" and k not in NOT_CURVES]
+    if len({json.dumps(r.config.get("loss"), sort_keys=True, default=str) for r in runs}) > 1:
+        keys = [k for k in keys if k not in ("loss", "joint")]  # different objectives: totals are not comparable
     order = lambda k: (k not in ("loss", "joint"), "eval" not in k and "valid" not in k, "/" in k, k)  # noqa: E731
     return sorted(keys, key=order)[:MAX_PANELS]
 
