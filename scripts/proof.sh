@@ -221,7 +221,7 @@ stage_ablation() {
     ss_cnn "$name" "$F/ss/$name" 0
     deeploc "$name" "$F/deeploc/$name" mlp --seeds "$seeds"
   done
-  "$PY" -m ops.compare "$OUT/ray/ablation_ce_kl" "$OUT/ray/ablation_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity,loss
+  "$PY" -m ops.compare "$OUT/ray/ablation_ce_kl" "$OUT/ray/ablation_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity
 }
 
 stage_report() {
