@@ -56,6 +56,8 @@ def check_values(cfg: MultitaskConfig, source: str = "<config>") -> None:
         ("model.layers", m.layers >= 1, "must be >= 1"),
         ("model.dropout", 0 <= m.dropout < 1, "must be in [0, 1)"),
         ("model.go_terms", m.go_terms >= 0, "must be >= 0"),
+        ("model.conv_kernel", m.conv_kernel == 0 or (m.conv_kernel > 0 and m.conv_kernel % 2 == 1),
+         "must be 0 (no convolution) or odd"),
         ("masking.rate", 0 < cfg.masking.rate < 1, "must be in (0, 1)"),
         ("masking.mask_fraction", 0 <= cfg.masking.mask_fraction <= 1, "must be in [0, 1]"),
         ("masking.random_fraction", 0 <= cfg.masking.random_fraction <= 1 - cfg.masking.mask_fraction,

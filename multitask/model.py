@@ -1,7 +1,9 @@
 """Encoder-only protein transformer with masked-LM and supervised heads.
 
 Pre-LayerNorm blocks, rotary positions (no learned position table, so any length runs) and
-`F.scaled_dot_product_attention` with a key-padding mask. The input is residue ids only: no label
+`F.scaled_dot_product_attention` with a key-padding mask. Optionally (`conv_kernel`) each block
+also mixes neighbouring residues with a depthwise convolution, as ProteinBERT's local track and
+Conformer do: attention alone learns local structure slowly. The input is residue ids only: no label
 ever enters the network, which is the point of going encoder-only (DBMTL's decoder saw its labels
 through teacher forcing). A `<cls>` token is prepended inside the model for the per-protein heads;
 callers pass and receive residue positions only.
@@ -29,6 +31,7 @@ class ModelConfig:
     rope_base: float = 10000.0  # rotary frequency base
     go_terms: int = 0  # size of the optional GO multi-label head (0 = no head)
     head_hidden: int = 0  # hidden width of per-protein heads (0 = linear heads)
+    conv_kernel: int = 0  # width of a depthwise convolution over residues in every block (odd; 0 = none)
 
 
 def rotary_tables(length: int, head_dim: int, base: float, device, dtype=torch.float32):
@@ -57,8 +60,17 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
+        self.conv = None
+        if cfg.conv_kernel > 0:  # norm -> depthwise conv -> GELU -> pointwise, added to the stream
+            self.norm_conv = nn.LayerNorm(cfg.dim)
+            self.conv = nn.Conv1d(cfg.dim, cfg.dim, cfg.conv_kernel, padding=cfg.conv_kernel // 2, groups=cfg.dim)
+            self.conv_out = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x, cos, sin, attn_mask):
+    def forward(self, x, cos, sin, attn_mask, keep):
+        """keep [B, N, 1]: 1 at real positions, 0 at padding (which the convolution must not see)."""
+        if self.conv is not None:
+            h = self.conv((self.norm_conv(x) * keep).transpose(1, 2)).transpose(1, 2)
+            x = x + self.drop(self.conv_out(F.gelu(h)))
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -81,6 +93,8 @@ class MultitaskEncoder(nn.Module):
         super().__init__()
         if cfg.dim % cfg.heads or (cfg.dim // cfg.heads) % 2:
             raise ValueError(f"model.dim={cfg.dim} must split into {cfg.heads} heads of even width")
+        if cfg.conv_kernel < 0 or (cfg.conv_kernel and cfg.conv_kernel % 2 == 0):
+            raise ValueError(f"model.conv_kernel={cfg.conv_kernel} must be 0 or odd")
         self.cfg = cfg
         self.embed = nn.Embedding(VOCAB_SIZE, cfg.dim, padding_idx=PAD_ID)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
@@ -113,9 +127,10 @@ class MultitaskEncoder(nn.Module):
         # No padding -> no mask, which lets SDPA pick the flash kernel on GPU.
         attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
         cos, sin = rotary_tables(n + 1, self.cfg.dim // self.cfg.heads, self.cfg.rope_base, x.device, x.dtype)
+        keep = valid.unsqueeze(-1).to(x.dtype)
         layers = [x] if return_layers else None
         for block in self.blocks:
-            x = block(x, cos, sin, attn_mask)
+            x = block(x, cos, sin, attn_mask, keep)
             if return_layers:
                 layers.append(x)
         x = self.norm(x)

@@ -37,13 +37,18 @@ else
   SRC="$SHARED/data"; SEEDS="${SEEDS:-3}"
   CORPUS="$SRC/corpus/corpus_dedup.fasta"; PSSMS="$SRC/pssm"; JOIN=sequence
   DEEPLOC="$SRC/deeploc"; FLIP="$SRC/secondary_structure/flip"; NETSURFP=("$SRC"/secondary_structure/netsurfp/*.csv)
-  PRETRAIN_SET=(); MULTITASK_SET=(); LOCAL=()
+  PRETRAIN_SET=(); MULTITASK_SET=()
+  # Embedding and the heads run in-process (--local): on one 2-core machine a Ray start per command
+  # (about 30 of them) costs more than it gives, and local embedding is 2-4x faster here. The
+  # models themselves train under Ray Train, as users run them.
+  LOCAL=(--local); FT_COMMON=(--local)
   # la.yaml / cnn.yaml with less patience and LA on proteins cropped to 1000 residues (first and
-  # last 500): 3 seeds x 3 embeddings must fit in the 2-hour budget on 2 cores (LA's convolutions
-  # cost dim^2 per residue; one-hot LA's best epochs were 18-43 at patience 30).
-  # bf16: 2x faster LA epochs on CPUs with AMX (13 vs 27 s per epoch on 256-dimensional biLSTM embeddings).
-  FT_COMMON=(); LA_SET=(--set train.patience=20 train.max_epochs=100 data.max_length=1000 deepspeed.bf16=true)
-  CNN_SET=(--set train.patience=2 train.max_epochs=10)
+  # last 500): 3 seeds x 3 embeddings on 2 cores (LA's convolutions cost dim^2 per residue;
+  # one-hot LA's best epochs were 18-43 at patience 30).
+  # bf16: faster epochs on CPUs with AMX: LA 13 vs 27 s per epoch on 256-dimensional biLSTM
+  # embeddings, the CNN 23 vs 31 s (same Q3 after one epoch).
+  LA_SET=(--set train.patience=20 train.max_epochs=100 data.max_length=1000 deepspeed.bf16=true)
+  CNN_SET=(--set train.patience=2 train.max_epochs=10 deepspeed.bf16=true)
   BILSTM_VARIANTS=("sum 0,1,2" "sum 1,2" "concat 0,1,2")
   PROFILE_SENSITIVITY="${PROFILE_SENSITIVITY:-5.7}"
 fi
@@ -200,28 +205,23 @@ stage_evaluate() {
   done
 }
 
-# PEvoLM's question, does the PSSM term help? Two biLSTMs with the same config, data, seed and
-# ABLATION_STEPS (half the main run's steps, so that the pair costs what one more full run would):
-# CE+KL and cross-entropy only. Each is evaluated the same way (held-out CE, the CNN on secondary
-# structure with the chosen layers, the MLP on DeepLoc) and their curves go side by side (ops.compare).
+# PEvoLM's question, does the PSSM term help? The main biLSTM (CE+KL) against a CE-only biLSTM with
+# the same config, data, seed and steps, evaluated the same way: held-out CE, the CNN on secondary
+# structure with the chosen layers (seed 0), the MLP on DeepLoc; their curves go side by side (ops.compare).
 stage_ablation() {
-  local steps="${ABLATION_STEPS:-550}" chosen combine layers seeds
+  local chosen combine layers seeds
   seeds=$(seq -s, 0 $((SEEDS - 1)))
   chosen=$(json_get "$F/bilstm_choice.json" 'd["chosen"]')
   combine=$(json_get "$M/$chosen/config.json" 'd["embedding"]["combine"]')
   layers=$(json_get "$M/$chosen/config.json" '",".join(map(str, d["embedding"]["layers"]))')
-  pretrain_run ablation_ce_kl train.max_steps="$steps" "wandb.tags=[proof,bilstm,ablation,ce-kl]" \
-    --export-layers "$layers" --export-combine "$combine"
-  pretrain_run ablation_ce train.max_steps="$steps" model.pssm_head=false loss.w_ce=1.0 loss.w_kl=0.0 \
+  pretrain_run ablation_ce model.pssm_head=false loss.w_ce=1.0 loss.w_kl=0.0 \
     "wandb.tags=[proof,bilstm,ablation,ce-only]" --export-layers "$layers" --export-combine "$combine"
-  for name in ablation_ce_kl ablation_ce; do
-    done_in "$F/lm_$name.json" || \
-      "$PY" -m pretrain eval --model "$M/$name" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_$name.json"
-    embed "$M/$name" "$name" ss_train ss_test deeploc_train deeploc_test
-    ss_cnn "$name" "$F/ss/$name" 0
-    deeploc "$name" "$F/deeploc/$name" mlp --seeds "$seeds"
-  done
-  "$PY" -m ops.compare "$OUT/ray/ablation_ce_kl" "$OUT/ray/ablation_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity
+  done_in "$F/lm_ablation_ce.json" || \
+    "$PY" -m pretrain eval --model "$M/ablation_ce" --data "$D/deeploc_test" --train "$D/corpus" --out "$F/lm_ablation_ce.json"
+  embed "$M/ablation_ce" ablation_ce ss_train ss_test deeploc_train deeploc_test
+  ss_cnn ablation_ce "$F/ss/ablation_ce" 0
+  deeploc ablation_ce "$F/deeploc/ablation_ce" mlp --seeds "$seeds"
+  "$PY" -m ops.compare "$OUT/ray/bilstm" "$OUT/ray/ablation_ce" --out "$F/compare_ce_kl" --metrics ce,perplexity
 }
 
 stage_report() {

@@ -28,6 +28,12 @@ def rows_of(path: Path) -> list[dict]:
     return (data["rows"] if isinstance(data, dict) else data) or []
 
 
+def seed_row(row: dict, seed: int) -> dict:
+    """One seed's figures of a results row (the row of a one-seed run is that seed's)."""
+    one = next((p for p in row.get("per_seed", []) if p.get("seed") == seed), None)
+    return {"test_set": row.get("test_set"), **one} if one else row
+
+
 def pm(row: dict | None, key: str, percent: bool = True) -> str:
     """'mean ± SE', accuracies in percent and MCCs as fractions ('–' when the metric does not exist)."""
     if not row or row.get(key) is None:
@@ -93,11 +99,14 @@ def collect(proof: Path) -> dict:
         if not ss[label] and label == "bilstm":  # only the layer-choice run finished: say so
             ss[label] = {r["test_set"]: {**r, "from_layer_choice": True}
                          for r in rows_of(f / "choose" / name / "results.json")}
-    ablation = {label: {"lm": load(f / f"lm_{name}.json"),
-                        "ss": {r["test_set"]: r for r in rows_of(f / "ss" / name / "results.json")},
+    # the ablation: the main biLSTM (CE+KL) against the CE-only one, each CNN on seed 0 (the ablation's
+    # only seed), the same MLP seeds
+    ablation = {label: {"lm": load(f / f"lm_{lm}.json"),
+                        "ss": {r["test_set"]: seed_row(r, 0) for r in rows_of(f / "ss" / name / "results.json")},
                         "mlp": {r["method"]: r for r in rows_of(f / "deeploc" / name / "results.json")}.get("mlp"),
-                        "steps": max((p["step"] for p in curve(proof / "ray" / name / "metrics.jsonl", "ce")), default=None)}
-                for label, name in (("CE+KL", "ablation_ce_kl"), ("CE only", "ablation_ce"))}
+                        "steps": max((p["step"] for p in curve(proof / "ray" / run / "metrics.jsonl", "ce")), default=None)}
+                for label, name, lm, run in (("CE+KL", chosen, "bilstm", "bilstm"),
+                                             ("CE only", "ablation_ce", "ablation_ce", "ablation_ce"))}
     corpus = load(proof / "data" / "corpus" / "manifest.json") or {}
     mt_eval = load(proof / "ray" / "multitask" / "eval.json") or {}
     return {
@@ -106,14 +115,13 @@ def collect(proof: Path) -> dict:
         "deeploc": deeploc,
         "ss": ss,
         "lm": {"bilstm": load(f / "lm_bilstm.json")},
-        "ablation": ablation if any(a["lm"] for a in ablation.values()) else {},
+        "ablation": ablation if ablation["CE only"]["lm"] else {},
         "corpus_with_pssm": (corpus["rows"] - corpus["without_pssm"]) if "without_pssm" in corpus else None,
         "corpus_rows": corpus.get("rows"),
         "multitask_heads": mt_eval.get("results", {}),
         "curves": {"biLSTM CE+KL, next-residue CE": curve(proof / "ray" / "bilstm" / "metrics.jsonl", "ce"),
-                   "ablation CE+KL, next-residue CE": curve(proof / "ray" / "ablation_ce_kl" / "metrics.jsonl", "ce"),
-                   "ablation CE+KL, KL to the PSSM": curve(proof / "ray" / "ablation_ce_kl" / "metrics.jsonl", "kl"),
-                   "ablation CE-only, next-residue CE": curve(proof / "ray" / "ablation_ce" / "metrics.jsonl", "ce"),
+                   "biLSTM CE+KL, KL to the PSSM": curve(proof / "ray" / "bilstm" / "metrics.jsonl", "kl"),
+                   "biLSTM CE-only, next-residue CE": curve(proof / "ray" / "ablation_ce" / "metrics.jsonl", "ce"),
                    "multitask, total loss": curve(proof / "ray" / "multitask" / "metrics.jsonl", "loss"),
                    "multitask, ss3 CE": curve(proof / "ray" / "multitask" / "metrics.jsonl", "loss/ss3"),
                    "multitask, location CE": curve(proof / "ray" / "multitask" / "metrics.jsonl", "loss/location"),
@@ -192,11 +200,11 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
         lines += [f"Not measured: {k}: {why}." for k, why in choice.get("not_measured", {}).items()]
     if r["ablation"]:
         a = r["ablation"]
-        steps = a["CE+KL"]["steps"] or a["CE only"]["steps"]
+        steps = {label: x["steps"] for label, x in a.items()}
         lines += ["", "### Does the PSSM term help? CE+KL vs CE-only (PEvoLM's question)", "",
-                  f"Two biLSTMs with the same config, corpus, seed and {steps} steps (the pair costs what one "
-                  "more main run would), evaluated the same way: held-out CE on the DeepLoc test proteins, the "
-                  "CNN (one seed) on the chosen layers, the DeepLoc MLP."]
+                  "The main biLSTM (CE+KL) and a CE-only biLSTM with the same config, corpus and seed "
+                  f"({steps['CE+KL']} and {steps['CE only']} steps), evaluated the same way: held-out CE on the "
+                  "DeepLoc test proteins, the CNN on the chosen layers (seed 0 of each), the DeepLoc MLP."]
         if r.get("corpus_with_pssm") is not None:
             lines += [f"Training proteins with a PSSM (real, else MMseqs2-made): {r['corpus_with_pssm']} of "
                       f"{r['corpus_rows']}."]

@@ -15,6 +15,7 @@ from multitask.model import ModelConfig, MultitaskEncoder, apply_rotary, rotary_
 from test_multitask_data import real_shards
 
 SMALL = ModelConfig(dim=64, layers=2, heads=4, dropout=0.0)
+CONV = ModelConfig(dim=64, layers=2, heads=4, dropout=0.0, conv_kernel=9)  # with the local convolution
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +105,10 @@ def test_missing_labels_give_zero_loss_and_zero_gradient(mixed_batch):
     torch.testing.assert_close(full["ss3"][0], alone["ss3"][0], rtol=1e-4, atol=1e-5)
 
 
-def test_labels_never_reach_the_predictions(mixed_batch):
+@pytest.mark.parametrize("cfg", [SMALL, CONV], ids=["attention", "with-conv"])
+def test_labels_never_reach_the_predictions(mixed_batch, cfg):
     torch.manual_seed(0)
-    model = MultitaskEncoder(SMALL).eval()
+    model = MultitaskEncoder(cfg).eval()
     out = model(mixed_batch["tokens"], mixed_batch["lengths"])
     scrambled = dict(mixed_batch)
     g = torch.Generator().manual_seed(3)
@@ -124,9 +126,13 @@ def test_labels_never_reach_the_predictions(mixed_batch):
     assert not torch.isclose(base["ss3"][0], other["ss3"][0])  # the labels did change the loss
 
 
-def test_padding_invariance(mixed_batch):
+@pytest.mark.parametrize("cfg", [SMALL, CONV], ids=["attention", "with-conv"])
+def test_padding_invariance(mixed_batch, cfg):
     torch.manual_seed(0)
-    model = MultitaskEncoder(SMALL).eval()
+    model = MultitaskEncoder(cfg).eval()
+    if cfg.conv_kernel:  # padding tokens must not reach the convolution: give them a loud embedding
+        with torch.no_grad():
+            model.embed.weight[PAD_ID] = 100.0
     out = model(mixed_batch["tokens"], mixed_batch["lengths"])
     shortest = int(mixed_batch["lengths"].argmin())
     n = int(mixed_batch["lengths"][shortest])

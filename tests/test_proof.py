@@ -55,7 +55,7 @@ def test_proof_script_tiny_end_to_end(tmp_path):
             assert 0 < row["q3"] < 1 and row.get("q8") is None  # FLIP has no 8-state labels
     lm = r["lm"]["bilstm"]
     assert math.isfinite(lm["ce"]) and lm["unigram_ce"] > 2.5 and lm["proteins"] > 0
-    # the ablation pair: two models of their own, each evaluated like the others
+    # the ablation: the main biLSTM against a CE-only one of the same budget, evaluated alike
     pair = r["ablation"]
     assert pair["CE+KL"]["lm"]["ce"] != pair["CE only"]["lm"]["ce"]
     for x in pair.values():
