@@ -139,7 +139,11 @@ ss_cnn() {  # NAME OUTDIR SEEDS [--set ...]: the SeqVec CNN on frozen per-residu
 }
 
 # How the biLSTM's layers combine (BILSTM_VARIANTS) is chosen on validation data, never on a test
-# set: one CNN seed per variant on FLIP train, the lowest validation loss (FLIP's validation split) wins.
+# set: one CNN seed per variant on FLIP train, the lowest validation loss (FLIP's validation split)
+# wins among the variants no wider than CHOOSE_MAX_DIM (default: the narrowest variant's width).
+# Wider ones (the concatenation: 3x the dimensions) are measured and reported, not chosen: LA's
+# convolutions cost dim^2 per residue, 9x for 768 dimensions against 256, which 3 seeds on 2 cores
+# cannot afford, and the one-hot and multitask embeddings they are compared with are narrower still.
 stage_choose() {
   done_in "$F/bilstm_choice.json" && { say "choose: $(cat "$F/bilstm_choice.json")"; return; }
   mkdir -p "$F/choose"
@@ -151,17 +155,21 @@ stage_choose() {
     embed "$M/$name" "$name" ss_test
     ss_cnn "$name" "$F/choose/$name" 0 --set train.max_epochs="${CHOOSE_EPOCHS:-2}"
   done
-  "$PY" - "$F/choose" "$F/bilstm_choice.json" <<'PYEOF'
+  "$PY" - "$F/choose" "$E" "$F/bilstm_choice.json" "${CHOOSE_MAX_DIM:-0}" <<'PYEOF'
 import json, sys
 from pathlib import Path
-runs = {}
-for f in sorted(Path(sys.argv[1]).glob("*/results.json")):
+choose, emb, out, max_dim = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+loss, dim = {}, {}
+for f in sorted(choose.glob("*/results.json")):
     rows = json.loads(f.read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
-    runs[f.parent.name] = min(r["best_val_loss"] for r in rows if r.get("best_val_loss") is not None)
-best = min(runs, key=runs.get)
-Path(sys.argv[2]).write_text(json.dumps({"chosen": best, "validation_loss": runs}, indent=2) + "\n")
-print(f"[proof] biLSTM layers: {best} (FLIP validation loss per variant: {runs})")
+    loss[f.parent.name] = min(r["best_val_loss"] for r in rows if r.get("best_val_loss") is not None)
+    dim[f.parent.name] = json.loads((emb / f.parent.name / "ss_train" / "manifest.json").read_text())["dim"]
+max_dim = max_dim or min(dim.values())
+best = min((v for v in loss if dim[v] <= max_dim), key=loss.get)
+out.write_text(json.dumps({"chosen": best, "validation_loss": loss, "dim": dim, "max_dim": max_dim}, indent=2) + "\n")
+print(f"[proof] biLSTM layers: {best}, the lowest FLIP validation loss of the variants of at most {max_dim} "
+      f"dimensions (per variant: {loss}; dimensions {dim})")
 PYEOF
 }
 

@@ -195,8 +195,13 @@ def markdown(r: dict, seeds: int, tiny: bool) -> str:
                          f"(perplexity {lm['unigram_perplexity']:.2f}); difference {lm['ce_minus_unigram']:+.4f}.")
     choice = r["layer_choice"]
     if choice:
-        lines += ["", f"Layer combination, chosen by the CNN's FLIP validation loss (one seed): **{choice['chosen']}** "
-                  f"(" + ", ".join(f"{k} {v:.4f}" for k, v in choice["validation_loss"].items()) + ")."]
+        dims = choice.get("dim", {})
+        rule = (f" among the variants of at most {choice['max_dim']} dimensions (wider ones cost LA dim^2 per "
+                "residue)" if "max_dim" in choice else "")
+        lines += ["", f"Layer combination, chosen by the CNN's FLIP validation loss (one seed){rule}: "
+                  f"**{choice['chosen']}** (" + ", ".join(
+                      f"{k} {v:.4f}" + (f" at {dims[k]} dimensions" if k in dims else "")
+                      for k, v in choice["validation_loss"].items()) + ")."]
         lines += [f"Not measured: {k}: {why}." for k, why in choice.get("not_measured", {}).items()]
     if r["ablation"]:
         a = r["ablation"]

@@ -46,6 +46,7 @@ def test_proof_script_tiny_end_to_end(tmp_path):
     assert r["tiny"] is True and r["seeds"] == 1
     assert r["layer_choice"]["chosen"] in ("bilstm_sum_012", "bilstm_sum_12")
     assert set(r["layer_choice"]["validation_loss"]) == {"bilstm_sum_012", "bilstm_sum_12"}
+    assert r["layer_choice"]["max_dim"] == min(r["layer_choice"]["dim"].values())  # equal widths: either may win
     for emb in ("onehot", "bilstm", "multitask"):
         assert set(r["deeploc"][emb]) == {"la", "mlp", "at", "majority"}, emb
         assert {"cb513", "ts115", "casp12"} <= set(r["ss"][emb]) or {"ts115", "casp12"} <= set(r["ss"][emb]), emb
