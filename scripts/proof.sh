@@ -4,7 +4,8 @@
 # Trains the CE+KL biLSTM, a CE-only biLSTM and the multitask encoder with the cpu_proof configs
 # on the full shared corpus, evaluates frozen embeddings (one-hot, biLSTM, multitask) on the
 # DeepLoc and secondary-structure test sets, and writes docs/results.md + docs/results.json.
-# About 4-5 hours on a 2-core machine as its stages were timed beside other jobs (docs/results.md), about 4 estimated idle; not part of CI (tests/test_proof.py runs it with PROOF_TINY=1).
+# About 3.5 hours on 2 idle cores (stage times in docs/results.md); not part of CI (tests/test_proof.py
+# runs it with PROOF_TINY=1).
 # Each stage skips what it has already finished, so an interrupted run continues where it stopped;
 # PROOF_FRESH=1 starts over.
 #
