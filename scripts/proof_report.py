@@ -101,12 +101,11 @@ def collect(proof: Path) -> dict:
                          for r in rows_of(f / "choose" / name / "results.json")}
     # the ablation: the main biLSTM (CE+KL) against the CE-only one, each CNN on seed 0 (the ablation's
     # only seed), the same MLP seeds
-    ablation = {label: {"lm": load(f / f"lm_{lm}.json"),
+    ablation = {label: {"lm": load(f / f"lm_{run}.json"),
                         "ss": {r["test_set"]: seed_row(r, 0) for r in rows_of(f / "ss" / name / "results.json")},
                         "mlp": {r["method"]: r for r in rows_of(f / "deeploc" / name / "results.json")}.get("mlp"),
                         "steps": max((p["step"] for p in curve(proof / "ray" / run / "metrics.jsonl", "ce")), default=None)}
-                for label, name, lm, run in (("CE+KL", chosen, "bilstm", "bilstm"),
-                                             ("CE only", "ablation_ce", "ablation_ce", "ablation_ce"))}
+                for label, name, run in (("CE+KL", chosen, "bilstm"), ("CE only", "ablation_ce", "ablation_ce"))}
     corpus = load(proof / "data" / "corpus" / "manifest.json") or {}
     mt_eval = load(proof / "ray" / "multitask" / "eval.json") or {}
     return {
