@@ -200,6 +200,10 @@ def train_worker(task_cls, cfg: ExperimentConfig, under_ray: bool = True, faults
     # epoch limits come from the config, so a finished run can be extended by raising them
     epochs_done = lambda: bool(cfg.train.max_epochs) and state["epoch"] >= cfg.train.max_epochs  # noqa: E731
     done = state["step"] >= cfg.train.max_steps or state.get("stopped", False) or epochs_done()
+    if done:  # a finished run resumed: nothing to train, but the caller still learns where it ended
+        last = {"step": state["step"], "epoch": state["epoch"]}
+        if state["epoch"] and "train_seconds" in state:
+            last["seconds_per_epoch"] = state["train_seconds"] / state["epoch"]
     epoch_start = time.perf_counter()
     progress: StepProgress | None = None
 

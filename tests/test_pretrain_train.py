@@ -86,6 +86,8 @@ def test_stopped_and_resumed_run_matches_uninterrupted(shards, tmp_path):
     stopped = run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "resumed", *common), faults=Faults(stop_after=3))
     assert stopped["step"] == 3 and latest_checkpoint(tmp_path / "resumed").name == "checkpoint_00000003"
     run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "resumed", *common))
+    again = run_plain(BiLSTMTask, small_cfg(shards, tmp_path, "resumed", *common))  # finished: trains nothing
+    assert again["step"] == 6 and latest_checkpoint(tmp_path / "resumed").name == "checkpoint_00000006"
     full, resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed")
     assert [m["step"] for m in full] == [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(full, resumed):
