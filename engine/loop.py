@@ -367,13 +367,22 @@ def scheduler_lr(engine) -> float:
     return float(engine.get_lr()[0])
 
 
-def _grad_norm(engine) -> float:
+def _grad_norm(engine):
+    """The step's gradient norm as DeepSpeed keeps it (a device tensor or a float), read at reports."""
     norm = engine.get_global_grad_norm()
-    return float(norm) if norm is not None else float("nan")
+    return norm if norm is not None else float("nan")
+
+
+def _on_host_later(value):
+    """A log value to add up: device tensors stay where they are (float64), so that logging a step
+    does not wait for the GPU to finish it; `_Window.reduce` reads the sums once per report."""
+    return value.detach().double() if torch.is_tensor(value) else float(value)
 
 
 class _Window:
-    """Sums of task logs, residues and time since the last report."""
+    """Sums of task logs, residues and time since the last report. On a GPU the sums stay on the
+    device until `reduce`: reading them every step would make the host wait for each step to end
+    before it makes the next batch (measured on an H100: docs/benchmarks.md)."""
 
     def __init__(self):
         self.reset()
@@ -382,20 +391,20 @@ class _Window:
         self.sums: dict[str, list[float]] = {}
         self.residues = 0
         self.padded = 0
-        self.grad_norms: list[float] = []
+        self.grad_norms: list = []  # per step: a device tensor or a float (_grad_norm)
         self.start = time.perf_counter()
 
     def add(self, logs, residues: int, padded: int):
         for name, (total, count) in logs.items():
             acc = self.sums.setdefault(name, [0.0, 0.0])
-            acc[0] += float(total)
-            acc[1] += float(count)
+            acc[0] = acc[0] + _on_host_later(total)
+            acc[1] = acc[1] + _on_host_later(count)
         self.residues += residues
         self.padded += padded
 
     def reduce(self, ctx: WorkerContext, task) -> dict:
         names = sorted(self.sums)
-        values = [v for n in names for v in self.sums[n]] + [self.residues, self.padded]
+        values = [float(v) for n in names for v in self.sums[n]] + [self.residues, self.padded]
         t = torch.tensor(values, dtype=torch.float64)
         if ctx.world_size > 1:
             t = t.to(_collective_device(ctx))
@@ -406,9 +415,10 @@ class _Window:
         means = {n: t[2 * i].item() / t[2 * i + 1].item() for i, n in enumerate(names) if t[2 * i + 1].item() > 0}
         out = task.summarize(means)
         residues, padded = t[-2].item(), t[-1].item()
+        norms = [float(g) for g in self.grad_norms]
         out.update(residues=residues, residues_per_s=residues / max(seconds, 1e-9),
                    padding_efficiency=residues / max(padded, 1),
-                   grad_norm=float(np.nanmean(self.grad_norms)) if np.isfinite(self.grad_norms).any() else float("nan"))
+                   grad_norm=float(np.nanmean(norms)) if np.isfinite(norms).any() else float("nan"))
         self.reset()
         return out
 

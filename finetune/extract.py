@@ -254,8 +254,15 @@ def _ray_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str
     yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
+def local_device(cfg: EmbedConfig) -> str:
+    """Where `--local` embeds: embed.use_gpu None means when this process sees a GPU, as it means
+    when the cluster has one under Ray (before, None embedded on the CPU beside an idle GPU)."""
+    wanted = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
+    return "cuda" if wanted and torch.cuda.is_available() else "cpu"
+
+
 def _local_batches(model: str, data_dir: Path, cfg: EmbedConfig, columns: list[str]):
-    batcher = BatchEmbedder(load_embedder(model, "cuda" if (cfg.use_gpu and torch.cuda.is_available()) else "cpu"), cfg)
+    batcher = BatchEmbedder(load_embedder(model, local_device(cfg)), cfg)
     table = pa.concat_tables([pq.read_table(f, columns=columns) for f in data_files(data_dir)])
     table = table.take(pa.compute.sort_indices(table, [("length", "ascending")]))
     for start in range(0, table.num_rows, cfg.rows_per_task):

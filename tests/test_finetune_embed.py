@@ -204,3 +204,14 @@ def test_cli_embed_with_demo_config_finishes_without_num_cpus(shared_data, tmp_p
     if (os.cpu_count() or 0) <= 2:
         assert "embed.num_actors 2 -> 1" in (tmp_path / "logs" / "finetune.log").read_text()
     assert json.loads(proc.stdout)["rows"] == 2768  # stdout: the JSON result alone
+
+
+def test_local_embedding_uses_a_gpu_the_process_sees(monkeypatch):
+    """embed.use_gpu None (the default) means 'when there is one', in-process as under Ray."""
+    from finetune.extract import local_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert local_device(EmbedConfig()) == "cuda"
+    assert local_device(EmbedConfig(use_gpu=False)) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local_device(EmbedConfig()) == local_device(EmbedConfig(use_gpu=True)) == "cpu"
