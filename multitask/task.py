@@ -179,7 +179,10 @@ class MultitaskTask(Task):
     # ------------------------------------------------------------------ model and loss
     def build_model(self) -> torch.nn.Module:
         torch.manual_seed(self.cfg.train.seed)
-        return MultitaskEncoder(self.cfg.model)
+        model = MultitaskEncoder(self.cfg.model)
+        if self.cfg.model.compile and torch.cuda.is_available():  # compiling for a CPU costs more than it saves here
+            model.compile_blocks()
+        return model
 
     def loss(self, model, batch: dict[str, torch.Tensor]):
         out = model(batch["tokens"], batch["lengths"])

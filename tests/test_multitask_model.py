@@ -206,3 +206,18 @@ def _zero_heads(batch):
     B, L = batch["tokens"].shape
     return {"mlm": torch.zeros(B, L, VOCAB_SIZE), "ss3": torch.zeros(B, L, 3), "ss8": torch.zeros(B, L, 8),
             "location": torch.zeros(B, 10), "membrane": torch.zeros(B)}
+
+
+def test_compile_option_compiles_blocks_on_gpus_only(monkeypatch):
+    """model.compile: each block is compiled in place on a GPU machine (parameter names, hence
+    checkpoints and exports, unchanged); on a CPU the model is left as it is."""
+    from multitask.config import MultitaskConfig
+    from multitask.task import MultitaskTask
+
+    cfg = MultitaskConfig(model=ModelConfig(dim=32, layers=2, heads=2, compile=True))
+    plain = MultitaskTask(cfg).build_model()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    compiled = MultitaskTask(cfg).build_model()
+    assert all(b._compiled_call_impl is not None for b in compiled.blocks)
+    assert all(b._compiled_call_impl is None for b in plain.blocks)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
