@@ -11,13 +11,16 @@ weights would run at the same speed. Data: the first N proteins of the real Deep
    to 35,000 residues with windows of 4,000 (bilstm and a random 2-layer encoder, whose
    attention would need O(L^2) memory without windows).
 
-Usage: python bench/bench_embed.py [--proteins 300]
+Usage: python bench/bench_embed.py [--proteins 300] [--device cuda] [--local] [--hidden 2048 --proj 256]
+(--local: no Ray Data run, for machines without Ray; --hidden/--proj: the biLSTM's size, e.g.
+PEvoLM's 2048/256; on a GPU both sides run there.)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import sys
 import tempfile
@@ -31,17 +34,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-SHARED = REPO.parent / "shared" / "data" / "deeploc"
+SHARED = Path(os.environ.get("PROTLM_SHARED_DATA", REPO.parent / "shared" / "data")) / "deeploc"
 
 
-def make_bilstm(path: Path) -> Path:
+def make_bilstm(path: Path, hidden: int = 256, proj: int = 64) -> Path:
     from safetensors.torch import save_file
 
     from data_prep.vocab import save_tokenizer, vocab_hash
     from pretrain.model import BiLSTMConfig, BiLSTMLM
 
     torch.manual_seed(0)
-    cfg = BiLSTMConfig(hidden=256, proj=64, input_proj=64, dropout=0.0)
+    cfg = BiLSTMConfig(hidden=hidden, proj=proj, input_proj=proj, dropout=0.0)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in BiLSTMLM(cfg).state_dict().items()}, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps({"kind": "bilstm", "model": asdict(cfg), "embedding": {},
@@ -71,7 +74,7 @@ def batch1_loop(embedder, token_arrays) -> float:
     with torch.no_grad():
         for t in token_arrays:
             tokens = torch.from_numpy(t.astype(np.int64))[None]
-            embedder.embed(tokens, torch.tensor([len(t)])).numpy()
+            embedder.embed(tokens, torch.tensor([len(t)])).cpu().numpy()
     return time.perf_counter() - t0
 
 
@@ -107,10 +110,14 @@ def main():
     ap.add_argument("--proteins", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: stable timings on a shared 2-core machine; both sides use the same)")
+    ap.add_argument("--device", default="cpu", help="where both sides embed (cpu, cuda)")
+    ap.add_argument("--local", action="store_true", help="skip the Ray Data run (machines without Ray)")
+    ap.add_argument("--hidden", type=int, default=256, help="biLSTM cell size")
+    ap.add_argument("--proj", type=int, default=64, help="biLSTM projection size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from data_prep.shards import read_table
+    from data_prep.shards import read_table, residue_arrays
     from finetune.config import EmbedConfig
     from finetune.embedders import load_embedder
     from finetune.extract import BatchEmbedder, run_embed
@@ -118,13 +125,16 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bilstm, encoder = make_bilstm(tmp / "bilstm"), make_encoder(tmp / "encoder")
+        bilstm, encoder = make_bilstm(tmp / "bilstm", args.hidden, args.proj), make_encoder(tmp / "encoder")
         shards = deeploc_shards(SHARED / "deeploc_test_set.fasta", tmp / "shards", limit=args.proteins)
-        token_arrays = [np.asarray(t, np.uint8) for t in read_table(shards).column("tokens").to_pylist()]
+        flat, offsets, _ = residue_arrays(read_table(shards).column("tokens"), np.uint8)
+        token_arrays = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
         residues = sum(len(t) for t in token_arrays)
-        embedder = load_embedder(str(bilstm))
-        print(f"model: random biLSTM (pretrain.model.BiLSTMLM hidden 256, proj 64, dim {embedder.dim}); "
-              f"{len(token_arrays)} DeepLoc test proteins, {residues} residues")
+        embedder = load_embedder(str(bilstm), args.device)
+        print(f"model: random biLSTM (pretrain.model.BiLSTMLM hidden {args.hidden}, proj {args.proj}, dim {embedder.dim}); "
+              f"{len(token_arrays)} DeepLoc test proteins, {residues} residues; device {args.device}"
+              + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+        BatchEmbedder(embedder, EmbedConfig()).embed(token_arrays[:8])  # warm-up (cuDNN plans, allocator)
 
         base = batch1_loop(embedder, token_arrays)
         print(f"batch-size-1 fp32 loop: {base:.1f}s ({residues / base:,.0f} residues/s)")
@@ -138,7 +148,12 @@ def main():
         BatchEmbedder(embedder, bf16).embed(token_arrays)
         local_bf16 = time.perf_counter() - t0
         print(f"finetune BatchEmbedder (residue-budget batches, bf16 autocast, in-process): {local_bf16:.1f}s "
-              f"({residues / local_bf16:,.0f} residues/s)")
+              f"({residues / local_bf16:,.0f} residues/s)"
+              + (" [cuDNN runs the LSTMs in fp16 under autocast]" if args.device.startswith("cuda") else ""))
+        if args.local:
+            print(f"RATIO embed_speedup_inprocess_fp32 = {base / local:.1f}x; inprocess_bf16 = {base / local_bf16:.1f}x "
+                  f"(target >= 5x)")
+            return
         cfg = EmbedConfig(batch_residues=16000, max_batch_size=64, num_actors=2, rows_per_task=64, dtype="bfloat16")
 
         import ray
