@@ -52,7 +52,7 @@ setup: sysdeps venv
 demo: setup
 	@PY=$(PY) SHARED=$(SHARED) DEMO_OUT=$(DEMO_OUT) bash scripts/demo.sh
 
-# The proof run (issue 11): about 3.5 hours on 2 idle CPU cores; writes docs/results.md and docs/results.json.
+# The proof run (issue 11): about 4 hours on 2 idle CPU cores; writes docs/results.md and docs/results.json.
 # STAGES="data pretrain" runs some stages only (scripts/proof.sh lists them); finished work is skipped.
 proof: setup
 	PY=$(PY) SHARED=$(SHARED) bash scripts/proof.sh $(STAGES)

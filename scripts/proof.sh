@@ -4,7 +4,7 @@
 # Trains the CE+KL biLSTM, a CE-only biLSTM and the multitask encoder with the cpu_proof configs
 # on the full shared corpus, evaluates frozen embeddings (one-hot, biLSTM, multitask) on the
 # DeepLoc and secondary-structure test sets, and writes docs/results.md + docs/results.json.
-# About 3.5 hours on 2 idle cores (stage times in docs/results.md); not part of CI (tests/test_proof.py
+# About 4 hours on 2 idle cores (stage times in docs/results.md); not part of CI (tests/test_proof.py
 # runs it with PROOF_TINY=1).
 # Each stage skips what it has already finished, so an interrupted run continues where it stopped;
 # PROOF_FRESH=1 starts over.

@@ -158,7 +158,7 @@ def targets(r: dict) -> list[dict]:
 def markdown(r: dict, seeds: int, tiny: bool) -> str:
     m = r["machine"]
     lines = ["# Proof run: do the trained models beat one-hot?", "",
-             "Regenerate with `make proof` (scripts/proof.sh, about 3.5 hours on 2 idle CPU cores). Every number "
+             "Regenerate with `make proof` (scripts/proof.sh, about 4 hours on 2 idle CPU cores). Every number "
              "below is read from the run's output files by scripts/proof_report.py.", "",
              f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, commit {m['commit']}. "
              f"Seeds per trained head: {seeds}. ± = bootstrap standard error (1000 resamples of the test "
