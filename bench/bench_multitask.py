@@ -85,12 +85,8 @@ def bench_config(data: Path, storage: Path, name: str, steps: int, workers: int,
 def engine_windows(cfg, local: bool) -> tuple[list[float], dict]:
     """Train `cfg` through the engine (Ray Train, or run_plain with `local`); the residues/s of
     each logged window (the first, warm-up, left out) and the last metrics."""
-    if local:
-        from engine.loop import run_plain
-        metrics = run_plain(MultitaskTask, cfg)
-    else:
-        from engine.launch import launch
-        metrics = launch(MultitaskTask, cfg)
+    from engine.launch import train_task
+    metrics = train_task(MultitaskTask, cfg, local=local)
     log = Path(cfg.ray.storage_path) / cfg.ray.name / "metrics.jsonl"
     history = [json.loads(line) for line in log.read_text().splitlines()]
     return [h["residues_per_s"] for h in history if "residues_per_s" in h][1:], metrics

@@ -149,12 +149,8 @@ ENGINE_PATHS = {False: "Ray Train (1 worker) + DeepSpeed", True: "engine.loop.ru
 def engine_run(cfg, warmup: int, steps: int, local: bool) -> float:
     """The engine (Ray Train with 1 worker, or in-process with `local`) with DeepSpeed; the
     engine's own residues/s of the timed window."""
-    if local:
-        from engine.loop import run_plain
-        run_plain(BiLSTMTask, cfg)
-    else:
-        from engine.launch import launch
-        launch(BiLSTMTask, cfg)
+    from engine.launch import train_task
+    train_task(BiLSTMTask, cfg, local=local)
     log = [json.loads(x) for x in (Path(cfg.ray.storage_path) / cfg.ray.name / "metrics.jsonl").read_text().splitlines()]
     timed = [m for m in log if m["step"] == warmup + steps]
     assert timed and math.isclose(timed[-1]["residues_per_s"], timed[-1]["residues_per_s"])

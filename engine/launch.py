@@ -57,6 +57,15 @@ def _worker_entry(config: dict) -> None:
 PRIVATE_NETWORK = "PROTLM_PRIVATE_NETWORK"  # "0": host network; "child": set in the training child
 
 
+def train_task(task_cls, cfg: ExperimentConfig, *, local: bool = False, faults=None) -> dict:
+    """Train under Ray Train (`launch`), or with `local` in this process without Ray
+    (`engine.loop.run_plain`: the same worker function and DeepSpeed); returns the last metrics."""
+    if local:
+        from .loop import run_plain
+        return run_plain(task_cls, cfg, faults=faults)
+    return launch(task_cls, cfg, faults=faults)
+
+
 def launch(task_cls, cfg: ExperimentConfig, *, faults=None) -> dict:
     """Train under Ray Train; returns rank 0's last reported metrics plus the checkpoint path.
     `faults` (engine.loop.Faults) are test hooks: an injected failure, an early stop.

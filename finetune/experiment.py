@@ -37,11 +37,8 @@ PROTEIN_METHODS = ("la", "mlp", "at", "majority")
 
 def train_head(cfg: FinetuneConfig, local: bool = False, faults=None) -> dict:
     """One engine run of `cfg` (one head, one seed); returns the run's last metrics."""
-    if local:
-        from engine.loop import run_plain
-        return run_plain(HeadTask, cfg, faults=faults)
-    from engine.launch import launch
-    return launch(HeadTask, cfg, faults=faults)
+    from engine.launch import train_task
+    return train_task(HeadTask, cfg, local=local, faults=faults)
 
 
 def load_head(run_dir: str | Path, cfg: FinetuneConfig) -> tuple[HeadTask, torch.nn.Module, dict]:

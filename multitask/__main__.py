@@ -35,12 +35,8 @@ def train(cfg: MultitaskConfig, use_ray: bool = True, final_eval: bool = True) -
     from .task import MultitaskTask, prepare, run_dir
 
     cfg = prepare(cfg)
-    if use_ray:
-        from engine.launch import launch
-        metrics = launch(MultitaskTask, cfg)
-    else:
-        from engine.loop import run_plain
-        metrics = run_plain(MultitaskTask, cfg)
+    from engine.launch import train_task
+    metrics = train_task(MultitaskTask, cfg, local=not use_ray)
     out = dict(metrics, run_dir=str(run_dir(cfg)))
     if final_eval:
         out["eval"] = evaluate_checkpoint(run_dir(cfg), cfg.eval, out_dir=run_dir(cfg))

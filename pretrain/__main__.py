@@ -51,12 +51,8 @@ def _train(args) -> int:
         raise ConfigError(f"{args.config}: data.train: no shard directory (use --data DIR)")
     if "://" not in cfg.data.train and not Path(cfg.data.train).is_dir():
         raise DataError(f"{cfg.data.train}: shard directory not found (data.train / --data)")
-    if args.no_ray:
-        from engine.loop import run_plain
-        metrics = run_plain(BiLSTMTask, cfg)
-    else:
-        from engine.launch import launch
-        metrics = launch(BiLSTMTask, cfg)
+    from engine.launch import train_task
+    metrics = train_task(BiLSTMTask, cfg, local=args.no_ray)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     log.info(f"trained to step {shown.get('step')}: run directory {shown.get('run_dir')}")
     result(json.dumps(shown, default=str))
